@@ -1,0 +1,75 @@
+"""A paper's claims as quantitative checks on a run's metrics.
+
+Each claim is evaluated from `metrics.csv` every run (and again by `ntkrepro.replot`); nothing here
+knows any expected outcome beyond the tolerance written in the figure's config.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+PASS, FAIL, NOT_EVALUATED = "PASS", "FAIL", "NOT EVALUATED"
+
+
+@dataclass(frozen=True)
+class Claim:
+    claim: str            # the paper's statement, in words
+    measure: str          # what was measured
+    value: float | None   # measured value
+    expected: str         # the tolerance, e.g. "in [-0.65, -0.35]"
+    status: str           # PASS | FAIL | NOT EVALUATED
+    reason: str = ""
+
+
+def in_range(claim: str, measure: str, value: float, lo: float, hi: float) -> Claim:
+    ok = value is not None and math.isfinite(value) and lo <= value <= hi
+    return Claim(claim, measure, _f(value), f"in [{lo:g}, {hi:g}]", PASS if ok else FAIL)
+
+
+def below(claim: str, measure: str, value: float, hi: float) -> Claim:
+    ok = value is not None and math.isfinite(value) and value < hi
+    return Claim(claim, measure, _f(value), f"< {hi:g}", PASS if ok else FAIL)
+
+
+def above(claim: str, measure: str, value: float, lo: float) -> Claim:
+    ok = value is not None and math.isfinite(value) and value > lo
+    return Claim(claim, measure, _f(value), f"> {lo:g}", PASS if ok else FAIL)
+
+
+def _f(v):
+    return None if v is None else float(v)
+
+
+def loglog_slope(x, y) -> float:
+    """Least-squares slope of log y against log x (nan when fewer than two finite points)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    if ok.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
+
+
+def finalize(claims: list[Claim], evaluate: bool, reason: str) -> list[Claim]:
+    """Mark every claim NOT EVALUATED (keeping its measured value) when `evaluate` is false."""
+    if evaluate:
+        return claims
+    return [Claim(c.claim, c.measure, c.value, c.expected, NOT_EVALUATED, reason) for c in claims]
+
+
+def write(claims: list[Claim], path: Path) -> None:
+    path.write_text(json.dumps([asdict(c) for c in claims], indent=2) + "\n")
+
+
+def table(claims: list[Claim]) -> str:
+    """The claims as a fixed-width text table (printed at the end of every run)."""
+    rows = [("status", "value", "expected", "claim / measure")]
+    for c in claims:
+        val = "n/a" if c.value is None else f"{c.value:.4g}"
+        text = f"{c.claim} [{c.measure}]" + (f" ({c.reason})" if c.reason else "")
+        rows.append((c.status, val, c.expected, text))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:<{w[2]}}  {r[3]}" for r in rows)

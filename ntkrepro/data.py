@@ -1,0 +1,305 @@
+"""Data: MNIST / CIFAR-10 from a local folder, tensorflow-datasets or the shipped samples; synthetic inputs.
+
+Sources (`source=`), each returning the same arrays for the same images:
+  "npz"    a data root holding `mnist.npz` and `cifar10.npz` (or, failing that, `cifar10_partial.npz`),
+           keys x_train y_train x_test y_test, pixels uint8;
+  "tfds"   `tensorflow_datasets.data_source(name, split, download=True, data_dir=root)`;
+  "sample" the small real samples inside the package (`ntkrepro/samples/<name>_sample.npz`:
+           MNIST first 2000 train / 500 test, CIFAR-10 first 1000 train / 200 test);
+  "auto"   "npz" when a root is given, else "tfds" when tensorflow_datasets is importable,
+           else "sample".
+A request for more examples than the source holds is a `DataError` that says how many it holds;
+nothing is ever silently truncated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from ntkrepro.errors import ConfigError, DataError
+
+DATASETS = ("mnist", "cifar10")
+SPLITS = ("train", "test")
+SOURCES = ("auto", "npz", "tfds", "sample")
+SELECTIONS = ("first", "stratified", "random")
+STANDARDIZE = ("none", "feature", "image", "unit_norm")
+TARGETS = ("label", "onehot", "centered_onehot", "pm1", "arora")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+CLASS_NAMES = {"mnist": tuple(str(d) for d in range(10)), "cifar10": CIFAR10_CLASSES}
+IMAGE_SHAPE = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+NPZ_FILES = {"mnist": ("mnist.npz",), "cifar10": ("cifar10.npz", "cifar10_partial.npz")}
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+STD_FLOOR = 1e-8
+PM1_NEEDS_TWO = "targets=pm1 needs exactly 2 classes, got {k}; set data.classes=[a,b] or data.targets=onehot"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """x: float64 (N, H, W, C), or (N, H*W*C) if flattened; y: float64 targets (N, k), or (N, 1) for
+    targets "label"/"pm1"; labels: int64 (N,) in 0..k-1 (order of `classes`); info: JSON-friendly provenance."""
+    x: np.ndarray
+    y: np.ndarray
+    labels: np.ndarray
+    info: dict
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def checksum(*arrays) -> str:
+    """sha256 (hex) over the dtype, shape and C-order bytes of each array, in order."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _choice(kind: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {kind} {value!r}; choose one of {', '.join(choices)}")
+
+
+# ----------------------------------------------------------------------------------- raw loading
+def _read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    keys = (f"x_{split}", f"y_{split}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
+            if missing:
+                raise DataError(f"{path} lacks the keys {', '.join(missing)} (has {', '.join(f.files)}); "
+                                f"save it with keys x_train y_train x_test y_test")
+            return f[keys[0]], f[keys[1]]
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any unreadable file becomes one clear line
+        raise DataError(f"cannot read {path} ({_one_line(err)}); replace the file or set data.source=tfds") from err
+
+
+def _find_npz(name: str, root) -> Path:
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist; set data.root=<dir holding "
+                        f"{' or '.join(NPZ_FILES[name])}> or data.source=tfds")
+    for fname in NPZ_FILES[name]:
+        if (root / fname).is_file():
+            return root / fname
+    raise DataError(f"data set {name!r} not found under {root} (looked for {', '.join(NPZ_FILES[name])}); "
+                    f"set data.root=<dir holding it> or data.source=tfds")
+
+
+def _read_tfds(name: str, split: str, root) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise DataError("tensorflow_datasets is not installed; run `pip install -e .[tfds]` "
+                        "or set data.root=<dir holding mnist.npz / cifar10.npz>") from err
+    try:
+        ds = tfds.data_source(name, split=split, download=True,
+                              data_dir=None if root is None else str(root))
+        examples = [ds[i] for i in range(len(ds))]
+    except Exception as err:  # noqa: BLE001 - download/prepare failures of any kind
+        raise DataError(f"tensorflow-datasets could not provide {name}/{split} ({_one_line(err)}); "
+                        f"check the network or set data.root=<dir holding {NPZ_FILES[name][0]}>") from err
+    if not examples:
+        raise DataError(f"tensorflow-datasets returned no examples for {name}/{split}; "
+                        f"set data.root=<dir holding {NPZ_FILES[name][0]}>")
+    x = np.stack([np.asarray(e["image"]) for e in examples])
+    y = np.array([int(e["label"]) for e in examples], dtype=np.int64)
+    return x, y
+
+
+def _check(name: str, x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.dtype != np.uint8:
+        raise DataError(f"{where}: {name} pixels are {x.dtype}, expected uint8 in 0..255; re-save the images as uint8")
+    if x.shape[1:] != IMAGE_SHAPE[name] or y.shape != (len(x),):
+        raise DataError(f"{where}: {name} has images {x.shape} and labels {y.shape}, expected "
+                        f"(N, {', '.join(map(str, IMAGE_SHAPE[name]))}) and (N,); fix the file")
+    y = y.astype(np.int64)
+    if len(y) and (y.min() < 0 or y.max() > 9):
+        raise DataError(f"{where}: {name} labels outside 0..9; fix the file")
+    return x, y
+
+
+def resolve_source(source: str, root=None) -> str:
+    """The concrete source that `source` means ("auto": npz if root, else tfds if importable, else sample)."""
+    _choice("data source", source, SOURCES)
+    if source != "auto":
+        return source
+    if root is not None:
+        return "npz"
+    return "tfds" if importlib.util.find_spec("tensorflow_datasets") is not None else "sample"
+
+
+def load_raw(name: str, split: str, *, source: str = "auto", root=None):
+    """-> (x uint8 (N, H, W, C), y int64 (N,), info {source, path, n_available, checksum, ...})."""
+    _choice("data set", name, DATASETS)
+    _choice("split", split, SPLITS)
+    resolved = resolve_source(source, root)
+    path = None
+    if resolved == "npz":
+        if root is None:
+            raise DataError("data.source=npz needs a data root; set data.root=<dir holding "
+                            f"{' or '.join(NPZ_FILES[name])}>")
+        path = _find_npz(name, root)
+        x, y = _read_npz(path, split)
+        label = f"npz:{path}"
+    elif resolved == "tfds":
+        x, y = _read_tfds(name, split, root)
+        label = "tfds"
+    else:
+        path = SAMPLES_DIR / f"{name}_sample.npz"
+        if not path.is_file():
+            raise DataError(f"the shipped sample {path} is missing; reinstall ntkrepro or set data.root")
+        x, y = _read_npz(path, split)
+        label = "sample"
+    x, y = _check(name, x, y, label if path is None else str(path))
+    info = {"name": name, "split": split, "source": label, "path": None if path is None else str(path),
+            "n_available": int(len(x)), "checksum": checksum(x, y)}
+    return x, y, info
+
+
+# ------------------------------------------------------------------------------------- prepare
+def _class_indices(name: str, classes) -> list[int]:
+    names = CLASS_NAMES[name]
+    if classes is None:
+        return list(range(len(names)))
+    if isinstance(classes, (str, int)) or len(classes) == 0:
+        raise ConfigError(f"classes must be a non-empty list of names or indices, got {classes!r}; "
+                          f"e.g. classes=[{names[0]},{names[7]}]")
+    out = []
+    for c in classes:
+        if isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < len(names):
+            out.append(int(c))
+        elif isinstance(c, str) and c in names:
+            out.append(names.index(c))
+        else:
+            raise ConfigError(f"unknown {name} class {c!r}; use indices 0..{len(names) - 1} "
+                              f"or names {', '.join(names)}")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"classes {list(classes)!r} repeat a class; list each class once")
+    return out
+
+
+def _select(labels: np.ndarray, n: int, names: list, selection: str, seed: int, what: str) -> np.ndarray:
+    """Positions (sorted, i.e. file order) of the n chosen examples; labels already re-indexed 0..k-1."""
+    if selection == "first":
+        return np.arange(n)
+    if selection == "random":
+        return np.sort(np.random.default_rng(seed).choice(len(labels), size=n, replace=False))
+    k = len(names)
+    quota = [n // k + (c < n % k) for c in range(k)]  # earlier classes take the remainder
+    picked = []
+    for c, q in enumerate(quota):
+        members = np.flatnonzero(labels == c)
+        if len(members) < q:
+            raise DataError(f"stratified selection of {n} examples of {what} needs {q} of class {names[c]!r} "
+                            f"but the source holds {len(members)}; lower n or use selection=first")
+        picked.append(members[:q])
+    return np.sort(np.concatenate(picked))
+
+
+def _standardize(x: np.ndarray, how: str) -> np.ndarray:
+    flat = x.reshape(len(x), -1)
+    if how == "feature":  # per feature over the selected set; constant features become 0
+        flat = (flat - flat.mean(0)) / np.maximum(flat.std(0), STD_FLOOR)
+    elif how == "image":  # per image: zero mean, unit variance over all its pixels and channels
+        flat = (flat - flat.mean(1, keepdims=True)) / np.maximum(flat.std(1, keepdims=True), STD_FLOOR)
+    elif how == "unit_norm":  # per example: Euclidean norm 1 (an all-zero example stays 0)
+        flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), STD_FLOOR)
+    return flat.reshape(x.shape)
+
+
+def encode_targets(labels: np.ndarray, k: int, targets: str) -> np.ndarray:
+    """float64 (N, k) targets, or (N, 1) for "label" and "pm1"."""
+    _choice("targets", targets, TARGETS)
+    onehot = np.eye(k)[labels]
+    if targets == "label":
+        return labels.astype(np.float64)[:, None]
+    if targets == "onehot":
+        return onehot
+    if targets == "centered_onehot":  # zero-mean one-hot (Lee et al. 2018/2019, MSE)
+        return onehot - 1.0 / k
+    if targets == "arora":  # Arora et al. 2019: 0.9 for the true class, -0.1 otherwise
+        return onehot - 0.1
+    if k != 2:
+        raise ConfigError(PM1_NEEDS_TWO.format(k=k))
+    return np.where(labels == 0, 1.0, -1.0)[:, None]
+
+
+def prepare(name: str, *, split: str = "train", n: int | None = None, classes=None, selection: str = "first",
+            flatten: bool = False, standardize: str = "none", targets: str = "onehot",
+            source: str = "auto", root=None, seed: int = 0) -> Dataset:
+    """Load, filter to `classes` (re-indexed 0..k-1 in the given order), select `n`, scale, encode.
+
+    selection: "first" = the first n in file order; "stratified" = n//k per class (the first classes in
+    `classes` order take the remainder), the first ones of each class, returned in file order;
+    "random" = n drawn without replacement with `seed`, returned in file order.
+    Pixels are scaled to [0, 1], then `standardize` is applied ("none", "feature", "image", "unit_norm").
+    """
+    _choice("data set", name, DATASETS)
+    for kind, value, choices in (("selection", selection, SELECTIONS), ("standardize", standardize, STANDARDIZE),
+                                 ("targets", targets, TARGETS)):
+        _choice(kind, value, choices)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+        raise ConfigError(f"n must be a positive integer or null (all), got {n!r}; set data.n to e.g. 1000")
+    wanted = _class_indices(name, classes)
+    k = len(wanted)
+    if targets == "pm1" and k != 2:
+        raise ConfigError(PM1_NEEDS_TWO.format(k=k))
+    x_raw, y_raw, raw_info = load_raw(name, split, source=source, root=root)
+    class_names = [CLASS_NAMES[name][c] for c in wanted]
+    keep = np.flatnonzero(np.isin(y_raw, wanted))
+    relabel = np.full(len(CLASS_NAMES[name]), -1, dtype=np.int64)
+    relabel[wanted] = np.arange(k)  # original label -> position in `classes`
+    labels = relabel[y_raw[keep]]
+    n_avail = len(keep)
+    what = f"{name} [{', '.join(class_names)}]" if classes is not None else name
+    count = n_avail if n is None else int(n)
+    if count > n_avail or count == 0:
+        is_sample = raw_info["source"] == "sample"
+        origin = f"sample:{raw_info['path']}" if is_sample else raw_info["source"]
+        hint = ("lower n or set data.root=<dir holding the full data set> or data.source=tfds" if is_sample
+                else "lower n or point data.root at the full data set")
+        raise DataError(f"asked for {'all' if n is None else count} {split} examples of {what} but the source "
+                        f"{origin} holds {n_avail}; {hint}")
+    pos = _select(labels, count, class_names, selection, seed, what)
+    idx, labels = keep[pos], labels[pos].astype(np.int64)
+    x = _standardize(x_raw[idx].astype(np.float64) / 255.0, standardize)
+    if flatten:
+        x = x.reshape(len(x), -1)
+    y = encode_targets(labels, k, targets)
+    info = {**raw_info, "n": count, "n_in_split": raw_info["n_available"], "n_available": int(n_avail),
+            "classes": class_names, "class_indices": wanted, "selection": selection, "seed": seed,
+            "standardize": standardize, "targets": targets, "flatten": bool(flatten),
+            "raw_checksum": raw_info["checksum"], "checksum": checksum(x, y), "indices_checksum": checksum(idx)}
+    return Dataset(x=x, y=y, labels=labels, info=info)
+
+
+# ------------------------------------------------------------------------------------ synthetic
+def gaussian_inputs(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """(n, dim) float64 i.i.d. N(0, 1) from numpy's default_rng(seed)."""
+    if n < 1 or dim < 1:
+        raise ConfigError(f"gaussian_inputs needs n >= 1 and dim >= 1, got n={n}, dim={dim}; raise them")
+    return np.random.default_rng(seed).standard_normal((n, dim))
+
+
+def unit_circle(n_points: int, *, start: float = -np.pi, stop: float = np.pi, endpoint: bool = True):
+    """-> (angles (n,), points (n, 2) = (cos, sin)), angles evenly spaced from start to stop."""
+    if n_points < 1:
+        raise ConfigError(f"unit_circle needs n_points >= 1, got {n_points}; raise it")
+    angles = np.linspace(start, stop, n_points, endpoint=endpoint)
+    return angles, np.stack([np.cos(angles), np.sin(angles)], axis=1)

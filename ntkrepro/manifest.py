@@ -1,0 +1,78 @@
+"""What produced a run: code version, packages, devices, precision, seed, time, data provenance."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+_PACKAGES = ("ntkrepro", "jax", "jaxlib", "flax", "optax", "hydra-core", "numpy", "scipy", "pandas",
+             "matplotlib", "diffrax", "tensorflow-datasets")
+_DATA: list[dict] = []
+
+
+def checksum(*arrays) -> str:
+    """sha256 over the bytes (and shapes/dtypes) of the given arrays."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def record_data(name: str, source: str, arrays=(), **extra) -> None:
+    """Experiments call this for every data set they use; the runner puts it in manifest.json."""
+    entry = {"name": name, "source": source, **extra}
+    if arrays:
+        entry["sha256"] = checksum(*arrays)
+    _DATA.append(entry)
+
+
+def reset_data() -> None:
+    _DATA.clear()
+
+
+def _git(repo: Path, *args) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def build(*, figure_id: str, scale: str, seed: int, wall_time_s: float, settings: dict) -> dict:
+    import jax
+
+    repo = Path(__file__).resolve().parent.parent
+    commit = _git(repo, "rev-parse", "HEAD")
+    status = _git(repo, "status", "--porcelain", "--untracked-files=no")
+    return {
+        "figure": figure_id,
+        "scale": scale,
+        "seed": seed,
+        "wall_time_s": round(wall_time_s, 3),
+        "git": {"commit": commit, "dirty": bool(status) if status is not None else None},
+        "packages": {p: _version(p) for p in _PACKAGES},
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "jax": {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+                "x64": bool(jax.config.jax_enable_x64)},
+        "data": list(_DATA),
+        "settings": settings,
+    }
+
+
+def write(manifest: dict, path: Path) -> None:
+    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")

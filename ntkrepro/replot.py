@@ -1,0 +1,44 @@
+"""Redraw a run's figure and re-evaluate its claims from the saved metrics, without recomputing.
+
+    python -m ntkrepro.replot outputs/lee-s9/cpu/latest
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from ntkrepro import claims as claims_mod
+from ntkrepro.errors import NtkreproError
+from ntkrepro.runner import SETTINGS_FILE, finish, load_experiment
+
+
+def replot(run_dir: Path) -> list[claims_mod.Claim]:
+    run_dir = Path(run_dir)
+    settings, metrics = run_dir / SETTINGS_FILE, run_dir / "metrics.csv"
+    for f in (settings, metrics):
+        if not f.is_file():
+            raise NtkreproError(f"{f} not found; give the folder of a finished run "
+                                "(e.g. outputs/<id>/<scale>/latest)")
+    cfg = OmegaConf.load(settings)
+    return finish(load_experiment(cfg.experiment), pd.read_csv(metrics), cfg, run_dir)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m ntkrepro.replot <run_dir>", file=sys.stderr)
+        return 2
+    try:
+        result = replot(Path(argv[0]))
+    except NtkreproError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(claims_mod.table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
