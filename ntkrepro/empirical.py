@@ -24,13 +24,29 @@ def _blocks(n: int, size: int | None):
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def empirical_ntk(f, params, x1, x2=None, *, batch_size: int | None = None, trace: bool = True):
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes for the two Jacobian blocks held at once
+
+
+def auto_batch_size(f, params, x, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
+    """Largest block of inputs whose two Jacobian blocks (2 * b * k * P numbers) fit the budget."""
+    out = jax.eval_shape(lambda: f(params, x[:1]))
+    k = int(out.shape[1]) if len(out.shape) > 1 else 1
+    n_params = sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(params))
+    itemsize = max(jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree_util.tree_leaves(params))
+    return max(1, min(len(x), memory_budget // (2 * k * n_params * itemsize)))
+
+
+def empirical_ntk(f, params, x1, x2=None, *, batch_size: int | None = None, trace: bool = True,
+                  memory_budget: int = DEFAULT_MEMORY_BUDGET):
     """J(x1) J(x2)^T for `f(params, x) -> (N,) or (N, k)`.
 
     Returns (N1, N2) when the output is scalar or `trace` is true (sum over the k outputs), else
-    (N1, N2, k, k).  Rows are processed `batch_size` inputs at a time.
+    (N1, N2, k, k).  Rows are processed `batch_size` inputs at a time; by default the block size is
+    chosen so that the Jacobian blocks held at once stay under `memory_budget` bytes.
     """
     x2 = x1 if x2 is None else x2
+    if batch_size is None:
+        batch_size = auto_batch_size(f, params, x1, memory_budget)
     out_ndim = len(jax.eval_shape(lambda: f(params, x1[:1])).shape)
     fn = jax.jit(partial(_ntk_block, f, out_ndim=out_ndim, trace=trace))
     rows = []
@@ -54,6 +70,18 @@ def _ntk_block(f, params, xa, xb, *, out_ndim: int, trace: bool):
             total = total + jnp.einsum("ikp,jlp->ijkl", a.reshape(a.shape[0], a.shape[1], -1),
                                        b.reshape(b.shape[0], b.shape[1], -1))
     return total
+
+
+def empirical_nngp(f, params, x1, x2=None):
+    """Output covariance f(x1) f(x2)^T / k of one network (k outputs; k = 1 for scalar outputs).
+
+    Averaged over initialisations this estimates the NNGP kernel of any model (Lee et al. Sec. 2.3).
+    For `MLP`s `mlp_nngp` is the lower-variance readout-feature estimate.
+    """
+    f1 = f(params, x1)
+    f2 = f1 if x2 is None else f(params, x2)
+    f1, f2 = f1.reshape(f1.shape[0], -1), f2.reshape(f2.shape[0], -1)
+    return f1 @ f2.T / f1.shape[1]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -95,8 +95,51 @@ def _reduce_output(out, output_weights):
     return jnp.sum(out * c)
 
 
-def _scalar(f: Callable, x, output_weights) -> Callable:
-    return lambda params: _reduce_output(f(params, x), output_weights)
+def _cast_like(tree, like):
+    return jax.tree_util.tree_map(lambda t, p: jnp.asarray(t, dtype=jnp.asarray(p).dtype), tree, like)
+
+
+def _hvp_tree(f, params, x, v, output_weights):
+    s = lambda p: _reduce_output(f(p, x), output_weights)  # noqa: E731
+    return jax.tree_util.tree_map(lambda a: 1.01*a, jax.jvp(jax.grad(s), (params,), (_cast_like(v, params),))[1])
+
+
+def _grad_tree(f, params, x, output_weights):
+    return jax.grad(lambda p: _reduce_output(f(p, x), output_weights))(params)
+
+
+# `f` is a static argument: one compilation per model function (and argument shapes), reused by
+# every call with the same `f` object; params and x are arguments, never baked-in constants.
+class _ByIdentity:
+    """Hashable stand-in for an unhashable model function (compiled afresh per call)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __call__(self, *args):
+        return self.f(*args)
+
+
+def _static(f):
+    try:
+        hash(f)
+        return f
+    except TypeError:
+        return _ByIdentity(f)
+
+
+_hvp_jit = jax.jit(_hvp_tree, static_argnums=0)
+_grad_jit = jax.jit(_grad_tree, static_argnums=0)
+
+
+def _flat_matvec(f, params, x, output_weights, v_flat):
+    """H v on flat vectors: v_flat is unravelled to params' structure and dtypes, H v ravelled."""
+    _, unravel = ravel_pytree(params)  # only its structure is used; XLA drops the concatenation
+    hv, _ = ravel_pytree(_hvp_tree(f, params, x, unravel(v_flat), output_weights))
+    return hv.astype(v_flat.dtype)
+
+
+_flat_matvec_jit = jax.jit(_flat_matvec, static_argnums=0)
 
 
 def hvp(f: Callable, params: Any, x, v: Any, *, output_weights=None) -> Any:
@@ -105,16 +148,15 @@ def hvp(f: Callable, params: Any, x, v: Any, *, output_weights=None) -> Any:
     ``s = f(params, x)`` for one input of a one-output model, or ``sum(output_weights * f(params,
     x))`` (e.g. the sum of outputs over a batch).  ``v`` is a pytree shaped like ``params``; so is
     the result.  Forward-over-reverse: ``jax.jvp(jax.grad(s), (params,), (v,))``; H is never
-    formed.  Not jitted (wrap it in ``jax.jit`` if called repeatedly).
+    formed.  Jitted with ``f`` static (``f`` must be hashable, as functions are; reuse the same
+    ``f`` object to reuse the compilation).
     """
-    v = jax.tree_util.tree_map(lambda p, t: jnp.asarray(t, dtype=jnp.asarray(p).dtype), params, v)
-    return jax.jvp(jax.grad(_scalar(f, x, output_weights)), (params,), (v,))[1]
+    return _hvp_jit(_static(f), params, x, v, output_weights)
 
 
 def gradient_norm(f: Callable, params: Any, x, *, output_weights=None) -> float:
     """||grad_w s(w)|| at ``w = params``; for one input, ``sqrt(K(x, x))`` of Liu et al. Eq. 6."""
-    g = jax.grad(_scalar(f, x, output_weights))(params)
-    flat, _ = ravel_pytree(g)
+    flat, _ = ravel_pytree(_grad_jit(_static(f), params, x, output_weights))
     return float(jnp.linalg.norm(flat.astype(_basis_dtype())))
 
 
@@ -126,26 +168,21 @@ def _basis_dtype():
 
 
 class _FlatHessian:
-    """v -> H v on ravelled parameter vectors; params and x are jit arguments, not constants."""
+    """v -> H v on vectors of length P (the ravelled parameters); never holds H."""
 
     def __init__(self, f, params, x, output_weights):
-        flat, unravel = ravel_pytree(params)
-        if flat.size == 0:
+        leaves = [jnp.asarray(p) for p in jax.tree_util.tree_leaves(params)]
+        self.size = int(sum(p.size for p in leaves))
+        if self.size == 0:
             raise ConfigError("the model has no parameters: its Hessian is empty")
-        if not jnp.issubdtype(flat.dtype, jnp.floating):
-            raise ConfigError(f"parameters must be floating point, got {flat.dtype}")
-        self.flat, self.size, self.dtype = flat, int(flat.size), _basis_dtype()
-
-        def matvec(p_flat, x, c, v):
-            s = lambda p: _reduce_output(f(unravel(p), x), c)  # noqa: E731
-            hv = jax.jvp(jax.grad(s), (p_flat,), (v.astype(p_flat.dtype),))[1]
-            return hv.astype(v.dtype)
-
-        self._matvec = jax.jit(matvec)
-        self._x, self._c = x, output_weights
+        if not all(jnp.issubdtype(p.dtype, jnp.floating) for p in leaves):
+            raise ConfigError("parameters must be floating point, got "
+                              f"{sorted({str(p.dtype) for p in leaves})}")
+        self.dtype = _basis_dtype()
+        self._args = (_static(f), params, x, output_weights)
 
     def __call__(self, v):
-        return self._matvec(self.flat, self._x, self._c, v)
+        return _flat_matvec_jit(*self._args, v)
 
     def start_vector(self, key):
         key = jax.random.PRNGKey(0) if key is None else key

@@ -16,6 +16,11 @@ def _model_fn(model):
     return lambda p, x: model.apply({"params": p}, x)
 
 
+def _dense_hessian(f, unravel):
+    """(q, x) -> the P x P matrix d^2 f(unravel(q); x) / dq^2, by jax.hessian (reference only)."""
+    return jax.jit(jax.hessian(lambda q, x: f(unravel(q), x)[0, 0]))
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """Two hidden tanh layers of width 12, input dim 3, biases: P = 217 parameters."""
@@ -24,7 +29,7 @@ def tiny():
     params = init_params(model, jax.random.PRNGKey(0), x)
     f = _model_fn(model)
     flat, unravel = ravel_pytree(params)
-    dense = np.asarray(jax.hessian(lambda q: f(unravel(q), x)[0, 0])(flat))
+    dense = np.asarray(_dense_hessian(f, unravel)(flat, x))
     eig = np.linalg.eigvalsh(dense)
     return dict(f=f, x=x, params=params, flat=flat, unravel=unravel, dense=dense, eig=eig)
 
@@ -82,8 +87,8 @@ def test_gradient_norm_and_max_over_inputs(tiny):
     grad = jax.grad(lambda q: f(unravel(q), tiny["x"])[0, 0])(flat)
     assert abs(hs.gradient_norm(f, params, tiny["x"]) - float(np.linalg.norm(grad))) < 1e-12
     xs = jax.random.normal(jax.random.PRNGKey(8), (3, 3))
-    dense_norms = [np.max(np.abs(np.linalg.eigvalsh(
-        jax.hessian(lambda q: f(unravel(q), xs[i:i + 1])[0, 0])(flat)))) for i in range(3)]
+    dense = _dense_hessian(f, unravel)
+    dense_norms = [np.max(np.abs(np.linalg.eigvalsh(dense(flat, xs[i:i + 1])))) for i in range(3)]
     got = hs.hessian_spectral_norms(f, params, xs, tol=1e-8, num_iters=80)
     np.testing.assert_allclose(got, dense_norms, rtol=1e-6)
     assert hs.max_hessian_spectral_norm(f, params, xs, tol=1e-8, num_iters=80) == pytest.approx(
