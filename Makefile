@@ -29,4 +29,4 @@ test:
 	$(PY) -m pytest -n 2 tests
 
 bench:
-	$(PY) -m bench
+	$(PY) -m pip install -q --no-deps neural-tangents==0.6.5 frozendict ; $(PY) -m ntkrepro.bench $(ARGS)

@@ -156,3 +156,119 @@ def mlp_nngp(model: MLP, params, x1, x2=None):
     h1 = last_input(x1)
     h2 = h1 if x2 is None else last_input(x2)
     return model.w_var / h1.shape[-1] * (h1 @ h2.T) + model.b_var
+
+
+# ----------------------------------------------------------------------------------------------
+# Structured path for layered models (dense and stride-1 SAME convolutions)
+#
+# The MLP path above generalises to any Flax module that follows the same convention as
+# `ntkrepro.nets.MLP`: layer l records its input under ``intermediates/input_{l}`` and exposes its
+# pre-activation h_l = sqrt(c_w) * op_l(a_l, omega_l) + sqrt(c_b) * beta_l to
+# ``perturbations/pre_{l}`` (omega, beta ~ N(0, 1)).  One forward pass and one VJP per output unit
+# then give, for every layer, the inputs a_l and the backpropagated signals delta_l = df/dh_l of
+# all examples at once (examples are independent, so no per-example backward pass is needed).
+# The layer's block of J J^T follows from (a_l, delta_l) alone:
+#   dense:  c_w (a a'^T) * (delta . delta') + c_b (delta . delta')          (as in `mlp_ntk`)
+#   conv:   c_w <G_i, G'_j> + c_b <sum_p delta_i, sum_p delta'_j>,
+#           G_i[dy, dx, ci, co] = sum_p a_i[p + (dy, dx) - pad, ci] delta_i[p, co]
+# (G_i is example i's weight gradient, computed for all examples with one contraction per filter
+# offset, never as a parameter Jacobian of the whole network).
+
+
+def layer_taps(model, params, x):
+    """(out, inputs, signals) of a module following the ``input_{l}`` / ``pre_{l}`` convention.
+
+    inputs[l]: the input a_l of layer l, (N, ...);  signals[l]: delta_l = d f_c / d h_l for every
+    output unit c, (k, N, ...).  Layers are numbered 0..L-1 without gaps.
+    """
+    variables = {"params": params}
+    pert = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x)["perturbations"])
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), pert)
+
+    def fwd(p):
+        out, state = model.apply({**variables, "perturbations": p}, x, mutable=["intermediates"])
+        return out, state["intermediates"]
+
+    out, vjp_fn, inter = jax.vjp(fwd, zeros, has_aux=True)
+    out2 = out.reshape(out.shape[0], -1)
+    eye = jnp.eye(out2.shape[1], dtype=out.dtype)
+    deltas = jax.vmap(lambda e: vjp_fn(jnp.broadcast_to(e, out2.shape).reshape(out.shape))[0])(eye)
+    n_layers = len(deltas)
+    if set(deltas) != {f"pre_{l}" for l in range(n_layers)}:
+        raise ValueError(f"layer_taps needs perturbations named pre_0..pre_{n_layers - 1}, "
+                         f"got {sorted(deltas)}")
+    inputs = [inter[f"input_{l}"][0] for l in range(n_layers)]
+    signals = [deltas[f"pre_{l}"] for l in range(n_layers)]
+    return out, inputs, signals
+
+
+def _contract(g1, g2, trace: bool):
+    """g: (k, N, P) per-output, per-example gradients -> (N1, N2) or (N1, N2, k, k)."""
+    if trace:
+        return jnp.einsum("kip,kjp->ij", g1, g2)
+    return jnp.einsum("kip,ljp->ijkl", g1, g2)
+
+
+def dense_layer_ntk(a1, s1, a2, s2, c_w, c_b, *, trace: bool = True):
+    """Dense layer's block of J J^T from inputs a (N, n_in) and signals s (k, N, n_out)."""
+    gram_in = c_w * (a1 @ a2.T) + c_b
+    if trace:
+        return gram_in * jnp.einsum("kip,kjp->ij", s1, s2)
+    return gram_in[:, :, None, None] * jnp.einsum("kip,ljp->ijkl", s1, s2)
+
+
+def conv_layer_ntk(a1, s1, a2, s2, c_w, c_b, *, filter_shape=(3, 3), trace: bool = True):
+    """Block of J J^T of a stride-1, "SAME"-padded 2-D convolution (NHWC inputs, HWIO kernel).
+
+    a: layer inputs (N, H, W, C_in);  s: signals (k, N, H, W, C_out).  Forms each example's weight
+    gradient G_i (k, fh * fw * C_in * C_out) by one contraction per filter offset: cost
+    O(N H W fh fw C_in C_out) time and O(N fh fw C_in C_out) memory, then Grams of G (and of the
+    spatially summed signals for the bias).
+    """
+    fh, fw = filter_shape
+
+    def grads(a, s):
+        k, n, h, w, c_out = s.shape
+        ph, pw = (fh - 1) // 2, (fw - 1) // 2  # XLA's SAME padding: low = (f - 1) // 2
+        ap = jnp.pad(a, ((0, 0), (ph, fh - 1 - ph), (pw, fw - 1 - pw), (0, 0)))
+        s_n = jnp.moveaxis(s, 0, -2).reshape(n, h, w, k * c_out)  # outputs as extra channels
+        g = [jnp.einsum("nhwc,nhwo->nco", ap[:, dy:dy + h, dx:dx + w], s_n)
+             for dy in range(fh) for dx in range(fw)]
+        g = jnp.stack(g, axis=1).reshape(n, fh * fw * a.shape[-1], k, c_out)
+        return jnp.moveaxis(g, 2, 0).reshape(k, n, -1)
+
+    g1 = grads(a1, s1)
+    g2 = g1 if (a2 is a1 and s2 is s1) else grads(a2, s2)
+    total = c_w * _contract(g1, g2, trace)
+    if c_b:
+        total = total + c_b * _contract(s1.sum(axis=(2, 3)), s2.sum(axis=(2, 3)), trace)
+    return total
+
+
+@partial(jax.jit, static_argnames=("model", "layers", "trace"))
+def layerwise_ntk(model, params, x1, x2=None, *, layers, trace: bool = True):
+    """Empirical NTK J(x1) J(x2)^T of a layered module without forming any parameter Jacobian.
+
+    `model` follows the ``input_{l}`` / ``pre_{l}`` convention (see `layer_taps`); `layers` is a
+    tuple with one ``(c_w, c_b, filter_shape)`` per layer, in order: c_w, c_b the squared weight
+    and bias scales of that layer (NTK parameterization: c_w = sigma_w^2 / fan_in, with fan_in =
+    fh * fw * C_in for a convolution; c_b = sigma_b^2, 0 for no bias), filter_shape None for a dense
+    layer or (fh, fw) for a stride-1 SAME convolution.  Equals `empirical_ntk(model.apply, ...)`.
+    Returns (N1, N2), or (N1, N2, k, k) with `trace=False`.
+    """
+    _, a1, d1 = layer_taps(model, params, x1)
+    if x2 is None:
+        a2, d2 = a1, d1
+    else:
+        _, a2, d2 = layer_taps(model, params, x2)
+    if len(layers) != len(a1):
+        raise ValueError(f"layers lists {len(layers)} layers but the model has {len(a1)}")
+    total = 0.0
+    for (c_w, c_b, fshape), u1, u2, s1, s2 in zip(layers, a1, a2, d1, d2):
+        if fshape is None:
+            term = dense_layer_ntk(u1, s1, u2, s2, c_w, c_b, trace=trace)
+        else:
+            term = conv_layer_ntk(u1, s1, u2, s2, c_w, c_b, filter_shape=tuple(fshape),
+                                  trace=trace)
+        total = total + term
+    return total

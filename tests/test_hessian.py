@@ -129,7 +129,7 @@ def test_negative_dominant_eigenvalue_is_reported_by_its_magnitude(method):
 
 
 def test_power_iteration_with_opposite_dominant_pair():
-    """H with eigenvalues +4 and -4: the Rayleigh quotient of the iterates averages to ~0, ||Hv|| -> 4."""
+    """Eigenvalues +4 and -4: the iterates' Rayleigh quotient averages to ~0, but ||H v|| -> 4."""
     f, params = _quadratic([4.0, -4.0, 1.0, 0.5, -2.0], seed=1)
     got = hs.hessian_spectral_norm(f, params, jnp.zeros(1), method="power", num_iters=400, tol=1e-12)
     assert got == pytest.approx(4.0, rel=1e-6)

@@ -8,7 +8,8 @@ For a 2 x 2 covariance Sigma = [[v1, c], [c, v2]] and (u, v) ~ N(0, Sigma)::
 Every function here is elementwise over broadcastable arrays `cov` (the off-diagonal entries c),
 `var1` (v1) and `var2` (v2), so a whole (N1, N2) kernel is mapped at once with `var1` of shape
 (N1, 1) and `var2` of shape (1, N2), and a diagonal with three (N,) arrays.  Memory stays
-O(size of `cov`): the quadratures loop over their nodes with `lax.scan`.
+O(size of `cov`): the quadratures loop over their nodes with `lax.scan` (temporaries of
+_BLOCK = 8 times that size).
 
 Closed forms: relu (arc-cosine kernel of Cho & Saul, Eqs. S12-S15), erf (Williams, Eqs. S16-S17),
 identity (T = c, Tdot = 1).  Any other activation of `ntkrepro.nets.ACTIVATIONS` goes through a
@@ -28,6 +29,7 @@ from ntkrepro.nets import activation_fn
 
 DEFAULT_QUAD_POINTS = 64
 QUADRATURE_RULES = ("polar", "hermite")
+MAX_QUAD_POINTS = {"polar": 180, "hermite": 300}
 METHODS = ("auto", "closed_form", "quadrature")
 
 
@@ -207,13 +209,19 @@ def quadrature_t_tdot(phi: Callable, cov, var1, var2, *, points: int = DEFAULT_Q
       variances are ~2 (w_var = 2, |x|^2/n0 ~ 1) and ~1e-5 at variances ~4; the error grows with
       the variance (phi' sharper than the node spacing), so raise `points` for large variances.
       Cost 6 P^2 evaluations per entry.
-    * "hermite": the Gauss-Hermite product rule (P^2 evaluations per entry); as accurate as
-      "polar" for smooth phi at moderate variances, but only O(1/P) for relu-like kinks.
+    * "hermite": the Gauss-Hermite product rule (P^2 evaluations per entry).  Spectrally
+      accurate for smooth phi at small variances, but less accurate than "polar" for nearly
+      degenerate covariances of variance >~ 2 (e.g. 1e-4 vs 2e-7 on the depth-3 tanh NTK above),
+      and only O(1/P) for relu-like kinks (6e-4 on relu's T at P = 128).
+
+    `points` may be at most 180 ("polar": numpy's Gauss-Laguerre nodes overflow beyond) or 300
+    ("hermite").
     """
     if rule not in QUADRATURE_RULES:
         raise ConfigError(f"unknown quadrature rule '{rule}'; choose one of {', '.join(QUADRATURE_RULES)}")
-    if int(points) < 2:
-        raise ConfigError(f"quadrature needs at least 2 points per axis, got {points}")
+    limit = MAX_QUAD_POINTS[rule]
+    if not 2 <= int(points) <= limit:
+        raise ConfigError(f"quadrature rule '{rule}' needs 2 to {limit} points per axis, got {points}")
     return _pair_expectations(phi, derivative(phi), cov, var1, var2, rule, int(points))
 
 

@@ -47,9 +47,15 @@ Two structural facts make this fast:
 * The per-image diagonals Sigma(h)(x,x)[p,p] obey a closed recursion (lambda = 1:
   K(h)[p,p] = c_sigma/(2 q^2) Sigma(h-1)[p,p]) and are computed once per image, not per pair.
 
-Pairs of images are processed `batch_size` pairs at a time (an explicit pair axis inside one jit
-that also contains the whole layer recursion, a lax.scan over the middle layers); with x2 = None
-only the pairs i <= j are computed.
+Pairs of images are processed `batch_size` pairs at a time, inside one jit that also holds the
+whole layer recursion (a lax.scan over the middle layers, so compile time does not grow with
+depth); with x2 = None only the pairs i <= j are computed.  gap: a list of pairs (an explicit pair
+axis, equivalent to a vmap over pairs); flatten: a rows x cols block of the kernel matrix, so the
+per-image factors broadcast instead of being gathered per pair.
+
+Implementation notes (CPU speed): XLA's arccos costs ~30 ns per element on CPU, so pi - arccos is
+evaluated as pi/2 + arcsin with fdlibm's rational approximation (< 1 ulp); the diagonal trace is a
+separable, dilated 3-tap reduce_window over a guard-column layout (see `_box_pairs`).
 """
 from __future__ import annotations
 
@@ -58,56 +64,63 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from ntkrepro.errors import ConfigError
 
 C_SIGMA = 2.0  # c_sigma of Section 4 (= 1 / E[relu(z)^2], z ~ N(0, 1))
-FILTER = 3  # q: filter size
+FILTER = 3  # q: filter size (the code below is written for q = 3: offsets a, b in {-1, 0, 1})
 POOLINGS = ("flatten", "gap")
 
-# Default number of (pair x spatial) elements held per batched call.
-_GAP_ELEMS = 1 << 21
-_FLAT_ELEMS = 1 << 21
+# Default number of (pair x spatial) entries held per batched call (a few such arrays are live).
+_DEFAULT_ELEMS = 1 << 21
 
 
 # ----------------------------------------------------------------------------------------------
-# Building blocks (all shapes are documented; `...` is any leading batch shape)
+# The trace over D_{p,p'} (a 3 x 3 box sum along the diagonal)
 
 
-def _diag_shift_sum(t, axes_groups):
-    """tr([T]_D): sum over offsets a, b in {-1, 0, 1} of T shifted by a along every axis of
-    `axes_groups[0]` and by b along every axis of `axes_groups[1]`, with zero fill (zero padding).
+def _window_sum(t, axis: int, step: int):
+    """out[.., k, ..] = t[.., k - step, ..] + t[.., k, ..] + t[.., k + step, ..] along `axis`,
+    with zeros beyond the ends (zero padding)."""
+    nd = t.ndim
+    window = [1] * nd
+    dil = [1] * nd
+    pad = [(0, 0)] * nd
+    window[axis], dil[axis], pad[axis] = 3, step, (step, step)
+    return lax.reduce_window(t, jnp.zeros((), t.dtype), lax.add, tuple(window), (1,) * nd,
+                             tuple(pad), window_dilation=tuple(dil))
 
-    For an (..., H, W, H, W) tensor, groups ((-4, -2), (-3, -1)) give
-    out[i, j, i', j'] = sum_{a,b} T[i+a, j+b, i'+a, j'+b]  (the Section 4 trace over D_{ij,i'j'}).
-    For an (..., H, W) tensor, groups ((-2,), (-1,)) give the same thing restricted to p = p'
-    (a plain 3 x 3 box sum).  Separable: one 3-term sum per group.
+
+def _box_pixels(t, axes=(0, 1)):
+    """Plain 3 x 3 box sum over two spatial axes (H, W) with zero padding:
+    out[i, j] = sum_{a,b in {-1,0,1}} t[i+a, j+b].  This is tr([T]_D_{p,p}) restricted to p = p'
+    (the only entries the vanilla CNTK needs) and the diagonal recursion Sigma(x,x)[p,p]."""
+    return _window_sum(_window_sum(t, axes[0], 1), axes[1], 1)
+
+
+def _box_pairs(t):
+    """tr([T]_D_{p,p'}) = sum_{a,b} T[i+a, j+b, i'+a, j'+b] for all (p, p') at once.
+
+    t: (..., H, H+1, W, W+1), the *guard layout* of an (H, W, H, W) tensor: t[.., i, i', j, j'] =
+    T[i, j, i', j'] for i' < H, j' < W, and guard entries i' = H or j' = W that are zero in every
+    tensor this is applied to.  Flattening (i, i') row-major to i (H+1) + i', the diagonal shift
+    (i, i') -> (i+a, i'+a) is a flat shift by a (H+2), and a shift that leaves the image lands on a
+    guard entry or beyond the ends (zero).  So the diagonal box sum is a separable, dilated 3-tap
+    window sum on (..., H (H+1), W (W+1)).  Guard entries of the result are garbage (callers zero
+    their weight: the factors of x' are 0 there).
     """
-    half = (FILTER - 1) // 2
-    for axes in axes_groups:
-        axes = [ax % t.ndim for ax in axes]
-        pad = [(0, 0)] * t.ndim
-        for ax in axes:
-            pad[ax] = (half, half)
-        tp = jnp.pad(t, pad)
-        out = None
-        for a in range(FILTER):
-            idx = [slice(None)] * t.ndim
-            for ax in axes:
-                idx[ax] = slice(a, a + t.shape[ax])
-            term = tp[tuple(idx)]
-            out = term if out is None else out + term
-        t = out
-    return t
+    *lead, h, h1, w, w1 = t.shape
+    t3 = t.reshape((-1, h * h1, w * w1))
+    t3 = _window_sum(_window_sum(t3, 1, h1 + 1), 2, w1 + 1)
+    return t3.reshape(t.shape)
 
 
-_BOX_PAIR = ((-4, -2), (-3, -1))  # (H, W, H, W): diagonal box sum
-_BOX_PIX = ((-2,), (-1,))  # (H, W): ordinary box sum
-
+# ----------------------------------------------------------------------------------------------
+# ReLU expectations (Appendix I)
 
 # fdlibm (e_asin.c / e_acos.c) rational approximation: asin(s) = s + s * z P(z) / Q(z), z = s^2,
-# for 0 <= s <= 0.5 (error < 1 ulp in float64).  XLA's CPU arccos is ~30x slower than this
-# polynomial, and arccos is the innermost operation of the whole kernel.
+# for 0 <= s <= 0.5 (error < 1 ulp in float64).
 _PS = (1.66666666666666657415e-01, -3.25565818622400915405e-01, 2.01212532134862925881e-01,
        -4.00555345006794114027e-02, 7.91534994289814532176e-04, 3.47933107596021167570e-05)
 _QS = (-2.40339491173441421878e+00, 2.02094576023350569471e+00, -6.88283971605453293030e-01,
@@ -115,8 +128,8 @@ _QS = (-2.40339491173441421878e+00, 2.02094576023350569471e+00, -6.8828397160545
 
 
 def _asin(x):
-    """arcsin on [-1, 1], elementwise, branch-free: for |x| >= 1/2 uses
-    asin(|x|) = pi/2 - 2 asin(sqrt((1 - |x|) / 2)).  Max abs. error 2.3e-16 (float64)."""
+    """arcsin on [-1, 1], elementwise and branch-free; for |x| >= 1/2 it uses
+    asin(|x|) = pi/2 - 2 asin(sqrt((1 - |x|) / 2)).  Max abs. error 2.3e-16 in float64."""
     a = jnp.abs(x)
     small = a < 0.5
     z = jnp.where(small, a * a, 0.5 * (1.0 - a))
@@ -127,94 +140,126 @@ def _asin(x):
     return jnp.copysign(jnp.where(small, t, 0.5 * jnp.pi - 2.0 * t), x)
 
 
-def _relu_expectations(s, r1, r2, n1, n2):
-    """Closed-form Eqs. (11), (12) via Appendix I, Eqs. (37)-(40).
+def _relu_expectations(s, r1, r2, n1, n2, m2=None):
+    """Closed forms of Eqs. (11), (12) by Appendix I, Eqs. (37)-(40) (homogeneity trick).
 
-    s: Sigma(h-1)(x, x')[p, p'];  r1, r2: 1/sqrt(Sigma(h-1)(x,x)[p,p]), 1/sqrt(Sigma(h-1)(x',x')
-    [p',p']) (0 where the variance is 0);  n1, n2: the square roots themselves.  All broadcast to
-    s's shape.  Returns (K(h), Kdot(h)) with the c_sigma / q^2 factor included, using
-    pi - arccos(lambda) = pi/2 + arcsin(lambda).
+    s: Sigma(h-1)(x, x')[p, p'];  n1 = sqrt(Sigma(h-1)(x,x)[p,p]), n2 = sqrt(Sigma(h-1)(x',x')
+    [p',p']) (the diagonal of D);  r1, r2 their inverses (0 where the variance is 0);  m2: optional
+    0/1 mask on Kdot.  All broadcast to s's shape.  With lambda = s r1 r2 (the correlation of the
+    normalised Lambda = D^-1 Lambda(h) D^-1) and pi - arccos(lambda) = pi/2 + arcsin(lambda):
+        K(h)    = c_sigma/q^2 (lambda (pi - arccos lambda) + sqrt(1 - lambda^2)) / (2 pi) n1 n2
+        Kdot(h) = c_sigma/q^2 (pi - arccos lambda) / (2 pi).
     """
     c = C_SIGMA / FILTER ** 2
     lam = jnp.clip(s * r1 * r2, -1.0, 1.0)
-    pi_minus = 0.5 * jnp.pi + _asin(lam)  # pi - arccos(lambda)
+    pi_minus = 0.5 * jnp.pi + _asin(lam)
     kdot = (c / (2 * jnp.pi)) * pi_minus
+    if m2 is not None:
+        kdot = kdot * m2
     k = (c / (2 * jnp.pi)) * (lam * pi_minus + jnp.sqrt(1.0 - lam * lam)) * (n1 * n2)
     return k, kdot
+
+
+def _safe_rsqrt(d):
+    return jnp.where(d > 0, lax.rsqrt(jnp.where(d > 0, d, 1.0)), 0.0)
 
 
 def _image_diagonals(x, n_layers: int):
     """Sigma(h)(x, x)[p, p] for h = 0..n_layers-1: shape (n_layers, N, H, W) from x (N, H, W, C).
 
-    Sigma(0)[p,p] = box(sum_c x_c^2) and, since lambda = 1 on the diagonal (K = c_sigma/(2 q^2)
-    Sigma), Sigma(h)[p,p] = c_sigma/(2 q^2) box(Sigma(h-1)[p,p]).
+    Sigma(0)[p,p] = box(sum_c x_c^2) and, since lambda = 1 on the diagonal (K(h)[p,p] =
+    c_sigma/(2 q^2) Sigma(h-1)[p,p]), Sigma(h)[p,p] = c_sigma/(2 q^2) box(Sigma(h-1)[p,p]).
     """
-    d = _diag_shift_sum(jnp.sum(x * x, axis=-1), _BOX_PIX)
+    d = _box_pixels(jnp.sum(x * x, axis=-1), axes=(1, 2))
     out = [d]
     for _ in range(n_layers - 1):
-        d = (C_SIGMA / (2 * FILTER ** 2)) * _diag_shift_sum(d, _BOX_PIX)
+        d = (C_SIGMA / (2 * FILTER ** 2)) * _box_pixels(d, axes=(1, 2))
         out.append(d)
     return jnp.stack(out, axis=0)
 
 
-def _safe_rsqrt(d):
-    return jnp.where(d > 0, jax.lax.rsqrt(jnp.where(d > 0, d, 1.0)), 0.0)
+_diagonals = jax.jit(_image_diagonals, static_argnames=("n_layers",))
 
 
-@partial(jax.jit, static_argnames=("n_conv", "pooling"))
-def _pairs_block(x1, x2, d1, d2, ii, jj, *, n_conv: int, pooling: str):
-    """(CNTK, NNGP) for the B image pairs (x1[ii[b]], x2[jj[b]]): two (B,) arrays.
+# ----------------------------------------------------------------------------------------------
+# The recursions (Section 4 steps 1-4; Appendix H steps 1-4)
 
-    x1, x2: (N1|N2, H, W, C) images;  d1, d2: (L, N1|N2, H, W) their diagonals Sigma(h)[p,p],
-    h = 0..L-1;  ii, jj: (B,) int pair indices.  The pair axis b is an explicit batch axis of
-    every array (equivalent to a vmap over pairs).  flatten propagates the displacement-0 entries
-    Sigma(x,x')[p, p], shape (B, H, W); gap the full Sigma(x,x')[p, p'], shape (B, H, W, H, W).
-    The middle layers h = 1..L-1 are a lax.scan, so compile time does not grow with depth.
+
+def _recursion(sigma0, theta0, factors, d1, d2, box, mask_kdot: bool):
+    """Runs Sigma(h), Theta(h) for h = 1..L-1 and returns (K(L), Kdot(L), Theta(L-1)).
+
+    sigma0, theta0: Sigma(0)(x, x') and Theta(0) in the caller's layout;  d1, d2: (L, ...)
+    per-image diagonals Sigma(h)(x,x)[p,p], h = 0..L-1;  factors(da, db) -> (r1, n1, r2, n2, m2)
+    broadcastable to the layout;  box: the trace over D in that layout.
+    Per layer (step 2):  K, Kdot from Lambda(h);  Sigma(h) = tr([K]_D);
+    Theta(h) = tr([Kdot . Theta(h-1) + K]_D)   (both traces in one stacked box call).
+    """
+    def expectations(sig, da, db):
+        r1, n1, r2, n2, m2 = factors(da, db)
+        return _relu_expectations(sig, r1, r2, n1, n2, m2 if mask_kdot else None)
+
+    def layer(carry, diag):
+        sig, th = carry[0], carry[1]
+        k, kdot = expectations(sig, *diag)
+        return box(jnp.stack([k, kdot * th + k])), None
+
+    carry = jnp.stack([sigma0, theta0])
+    if d1.shape[0] > 1:
+        carry, _ = lax.scan(layer, carry, (d1[:-1], d2[:-1]))
+    k, kdot = expectations(carry[0], d1[-1], d2[-1])  # K(L), Kdot(L)
+    return k, kdot, carry[1]
+
+
+@jax.jit
+def _gap_pairs(x1, x2, d1, d2, ii, jj):
+    """Global-average-pooling CNTK and NNGP (Appendix H) for the B pairs (x1[ii[b]], x2[jj[b]]).
+
+    x1, x2: (N1|N2, H, W, C);  d1, d2: (L, N1|N2, H, W) diagonals;  ii, jj: (B,) int32.
+    Layout: guard layout (B, H, H+1, W, W+1) of Sigma(x, x')[p, p'] (see `_box_pairs`).
+    Returns two (B,) arrays: 1/(PQ)^2 sum_{p,p'} Theta(L) and 1/(PQ)^2 sum_{p,p'} K(L).
     """
     xa, xb = x1[ii], x2[jj]
-    if pooling == "gap":
-        box = _BOX_PAIR
-        sigma = _diag_shift_sum(jnp.einsum("bhwc,bijc->bhwij", xa, xb), box)  # Sigma(0)(x, x')
+    _, h, w, _ = xa.shape
+    guard = ((0, 0), (0, 1), (0, 1))
+    s0 = jnp.einsum("bhwc,bijc->bhiwj", xa, xb)  # x (x) x' summed over channels
+    sigma0 = _box_pairs(jnp.pad(s0, ((0, 0), (0, 0), (0, 1), (0, 0), (0, 1))))  # Sigma(0)
+    theta0 = jnp.zeros_like(sigma0)  # step 1: Theta(0) = 0 (first layer not trained)
 
-        def outer(a, b):  # (B, H, W) per-pixel factors of x and x' -> broadcast over (p, p')
-            return a[:, :, :, None, None], b[:, None, None, :, :]
+    def factors(da, db):
+        da, db = da[ii], db[jj]  # (B, H, W)
+        x_side = lambda t: t[:, :, None, :, None]  # noqa: E731  indexes p = (i, j)
+        y_side = lambda t: jnp.pad(t, guard)[:, None, :, None, :]  # noqa: E731  p' = (i', j')
+        return (x_side(_safe_rsqrt(da)), x_side(jnp.sqrt(da)), y_side(_safe_rsqrt(db)),
+                y_side(jnp.sqrt(db)), y_side(jnp.ones_like(db)))
 
-        theta = jnp.zeros_like(sigma)  # Appendix H step 1: first layer not trained
-    else:
-        box = _BOX_PIX
-        sigma = _diag_shift_sum(jnp.sum(xa * xb, axis=-1), box)  # Sigma(0)(x, x')[p, p]
-
-        def outer(a, b):
-            return a, b
-
-        theta = sigma  # Section 4 step 1: Theta(0) = Sigma(0)
-
-    def expectations(sig, da, db):  # Lambda(h) from Sigma(h-1) -> K(h), Kdot(h)
-        da, db = da[ii], db[jj]
-        r1, r2 = outer(_safe_rsqrt(da), _safe_rsqrt(db))
-        n1, n2 = outer(jnp.sqrt(da), jnp.sqrt(db))
-        return _relu_expectations(sig, r1, r2, n1, n2)
-
-    def layer(carry, diag):  # h = 1..L-1 (step 2)
-        sig, th = carry
-        k, kdot = expectations(sig, *diag)
-        sig_new = _diag_shift_sum(k, box)  # Sigma(h) = tr([K(h)]_D)
-        th_new = _diag_shift_sum(kdot * th, box) + sig_new  # tr([Kdot . Theta + K]_D)
-        return (sig_new, th_new), None
-
-    if n_conv > 1:
-        (sigma, theta), _ = jax.lax.scan(layer, (sigma, theta), (d1[:-1], d2[:-1]))
-
-    k, kdot = expectations(sigma, d1[-1], d2[-1])  # K(L), Kdot(L)
-    axes = tuple(range(1, k.ndim))
-    if pooling == "gap":
-        theta = kdot * theta  # step 3 without K(L): last layer not trained
-        return jnp.mean(theta, axis=axes), jnp.mean(k, axis=axes)  # step 4: mean over (p, p')
-    theta = kdot * theta + k  # step 3
-    return jnp.sum(theta, axis=axes), jnp.sum(k, axis=axes)  # step 4: tr(Theta(L)) (p = p')
+    k, kdot, theta = _recursion(sigma0, theta0, factors, d1, d2, _box_pairs, mask_kdot=True)
+    norm = (h * w) ** 2
+    # step 3: Theta(L) = Kdot(L) . Theta(L-1) (no K(L): last layer not trained); step 4: mean.
+    return (jnp.sum(kdot * theta, axis=(1, 2, 3, 4)) / norm,
+            jnp.sum(k, axis=(1, 2, 3, 4)) / norm)
 
 
-_diagonals = jax.jit(_image_diagonals, static_argnames=("n_layers",))
+@jax.jit
+def _flatten_block(xa, xb, da, db):
+    """Vanilla CNTK and NNGP (Section 4) for the block xa (R, H, W, C) x xb (S, H, W, C).
+
+    da, db: (L, R|S, H, W) diagonals.  Layout (H, W, R, S) holding Sigma(x, x')[p, p] only: by
+    the same-offset structure of the trace, the p = p' entries form a closed recursion.
+    Returns two (R, S) arrays: tr(Theta(L)) and tr(K(L)).
+    """
+    box = partial(_box_pixels, axes=(-4, -3))  # (..., H, W, R, S)
+    sigma0 = box(jnp.einsum("rhwc,shwc->hwrs", xa, xb))  # Sigma(0)[p, p]
+    theta0 = sigma0  # step 1: Theta(0) = Sigma(0)
+
+    def factors(d_a, d_b):
+        x_side = lambda t: jnp.transpose(t, (1, 2, 0))[:, :, :, None]  # noqa: E731
+        y_side = lambda t: jnp.transpose(t, (1, 2, 0))[:, :, None, :]  # noqa: E731
+        return (x_side(_safe_rsqrt(d_a)), x_side(jnp.sqrt(d_a)), y_side(_safe_rsqrt(d_b)),
+                y_side(jnp.sqrt(d_b)), None)
+
+    k, kdot, theta = _recursion(sigma0, theta0, factors, da, db, box, mask_kdot=False)
+    # step 3: Theta(L) = Kdot(L) . Theta(L-1) + K(L); step 4: trace over p.
+    return jnp.sum(kdot * theta + k, axis=(0, 1)), jnp.sum(k, axis=(0, 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,6 +275,10 @@ def _check_images(x, name):
                           "image with H, W, C >= 1")
 
 
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def cntk(x1, x2=None, *, depth: int, pooling: str = "flatten", dtype=jnp.float64,
          return_nngp: bool = False, batch_size: int | None = None):
     """Exact CNTK of Arora et al. 2019 between image sets x1 (N1, H, W, C) and x2 (N2, H, W, C).
@@ -237,19 +286,20 @@ def cntk(x1, x2=None, *, depth: int, pooling: str = "flatten", dtype=jnp.float64
     depth: conv layers + final layer (Table 1), >= 2.  pooling: "flatten" (vanilla CNN, Section 4)
     or "gap" (global average pooling, first and last layers fixed, Appendix H; with depth = 2 no
     layer is trained and the CNTK is identically 0).  dtype: computation dtype (float64 needs
-    jax_enable_x64; otherwise JAX's canonical float32 is used).  batch_size: image pairs per
-    vectorised call (default: about 2^21 pair-pixel entries per call).
+    jax_enable_x64, otherwise JAX's canonical float32 is used).  batch_size: image pairs per
+    batched call (default: about 2^21 pair-pixel entries per call, i.e. 1 pair of 32x32 images for
+    gap and 2048 pairs for flatten).
 
-    Returns the (N1, N2) CNTK, or (cntk, nngp) with `return_nngp` (nngp = output covariance at
-    initialisation, see module docstring).  x2 = None means x2 = x1 (only i <= j is computed).
+    Returns the (N1, N2) CNTK, or (cntk, nngp) with `return_nngp`; nngp is the output covariance
+    E[f(x) f(x')] at initialisation (flatten: tr(K(L)); gap: mean of K(L) over (p, p')).
+    x2 = None means x2 = x1 (then only i <= j is computed and mirrored).
     """
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 2:
+    if not _is_int(depth) or depth < 2:
         raise ConfigError(f"depth must be an integer >= 2 (conv layers + final layer, as in "
                           f"Arora et al. Table 1), got {depth!r}")
-    if pooling not in POOLINGS:
+    if not isinstance(pooling, str) or pooling not in POOLINGS:
         raise ConfigError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
-    if batch_size is not None and (isinstance(batch_size, bool) or
-                                   not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
         raise ConfigError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     try:
         dt = jax.dtypes.canonicalize_dtype(dtype)
@@ -269,39 +319,67 @@ def cntk(x1, x2=None, *, depth: int, pooling: str = "flatten", dtype=jnp.float64
                           f"{tuple(x2.shape[1:])}")
 
     n_conv = depth - 1
-    n1, n2 = x1.shape[0], x2.shape[0]
-    hw = x1.shape[1] * x1.shape[2]
-    if batch_size is None:
-        per_pair = hw * hw if pooling == "gap" else hw
-        limit = _GAP_ELEMS if pooling == "gap" else _FLAT_ELEMS
-        batch_size = max(1, limit // per_pair)
-
+    _, h, w, _ = x1.shape
     d1 = _diagonals(x1, n_layers=n_conv)
     d2 = d1 if symmetric else _diagonals(x2, n_layers=n_conv)
+    if pooling == "gap":
+        if batch_size is None:
+            batch_size = max(1, _DEFAULT_ELEMS // (h * (h + 1) * w * (w + 1)))
+        ntk, nngp = _run_gap(x1, x2, d1, d2, symmetric, batch_size)
+    else:
+        if batch_size is None:
+            batch_size = max(1, _DEFAULT_ELEMS // (h * w))
+        ntk, nngp = _run_flatten(x1, x2, d1, d2, symmetric, batch_size)
+    return (ntk, nngp) if return_nngp else ntk
 
+
+def _run_gap(x1, x2, d1, d2, symmetric, batch_size):
+    n1, n2 = x1.shape[0], x2.shape[0]
     if symmetric:
         ii, jj = np.triu_indices(n1)
     else:
         ii, jj = (a.ravel() for a in np.meshgrid(np.arange(n1), np.arange(n2), indexing="ij"))
     n_pairs = ii.size
-    batch_size = min(batch_size, n_pairs)
-    n_pad = (-n_pairs) % batch_size
+    bs = min(batch_size, n_pairs)
+    n_pad = (-n_pairs) % bs
     ii_p = np.concatenate([ii, np.zeros(n_pad, ii.dtype)]).astype(np.int32)
     jj_p = np.concatenate([jj, np.zeros(n_pad, jj.dtype)]).astype(np.int32)
+    parts = [_gap_pairs(x1, x2, d1, d2, ii_p[s:s + bs], jj_p[s:s + bs])
+             for s in range(0, n_pairs + n_pad, bs)]
 
-    ntk_parts, nngp_parts = [], []
-    for s in range(0, n_pairs + n_pad, batch_size):
-        a, b = _pairs_block(x1, x2, d1, d2, ii_p[s:s + batch_size], jj_p[s:s + batch_size],
-                            n_conv=n_conv, pooling=pooling)
-        ntk_parts.append(a)
-        nngp_parts.append(b)
+    def assemble(vals):
+        vals = jnp.concatenate(vals)[:n_pairs]
+        out = jnp.zeros((n1, n2), x1.dtype).at[ii, jj].set(vals)
+        return out.at[jj, ii].set(vals) if symmetric else out
 
-    def assemble(parts):
-        vals = jnp.concatenate(parts)[:n_pairs]
-        out = jnp.zeros((n1, n2), dt).at[ii, jj].set(vals)
-        if symmetric:
-            out = out.at[jj, ii].set(vals)
-        return out
+    return assemble([p[0] for p in parts]), assemble([p[1] for p in parts])
 
-    ntk = assemble(ntk_parts)
-    return (ntk, assemble(nngp_parts)) if return_nngp else ntk
+
+def _run_flatten(x1, x2, d1, d2, symmetric, batch_size):
+    n1, n2 = x1.shape[0], x2.shape[0]
+    if symmetric:
+        rows = cols = max(1, min(n1, int(np.sqrt(batch_size))))
+    else:
+        cols = min(n2, batch_size)
+        rows = max(1, min(n1, batch_size // cols))
+
+    def padded(x, d, size):
+        extra = (-x.shape[0]) % size  # zero images: zero variance, handled by _safe_rsqrt
+        return (jnp.pad(x, ((0, extra), (0, 0), (0, 0), (0, 0))),
+                jnp.pad(d, ((0, 0), (0, extra), (0, 0), (0, 0))))
+
+    x1p, d1p = padded(x1, d1, rows)
+    x2p, d2p = (x1p, d1p) if symmetric else padded(x2, d2, cols)
+    ntk = [[None] * (x2p.shape[0] // cols) for _ in range(x1p.shape[0] // rows)]
+    nngp = [[None] * len(ntk[0]) for _ in ntk]
+    for bi in range(len(ntk)):
+        for bj in range(len(ntk[0])):
+            if symmetric and bj < bi:
+                continue
+            r, c = slice(bi * rows, (bi + 1) * rows), slice(bj * cols, (bj + 1) * cols)
+            ntk[bi][bj], nngp[bi][bj] = _flatten_block(x1p[r], x2p[c], d1p[:, r], d2p[:, c])
+    if symmetric:
+        for bi in range(len(ntk)):
+            for bj in range(bi):
+                ntk[bi][bj], nngp[bi][bj] = ntk[bj][bi].T, nngp[bj][bi].T
+    return jnp.block(ntk)[:n1, :n2], jnp.block(nngp)[:n1, :n2]

@@ -37,13 +37,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from ntkrepro.errors import ConfigError
-from ntkrepro.kernels.activations import DEFAULT_QUAD_POINTS, t_tdot, QUADRATURE_RULES, METHODS
+from ntkrepro.kernels.activations import (DEFAULT_QUAD_POINTS, MAX_QUAD_POINTS, METHODS,
+                                          QUADRATURE_RULES, t_tdot)
 from ntkrepro.nets import activation_fn, check_parameterization
 
 Array = jax.Array
@@ -59,6 +61,9 @@ class Kernel:
     ntk:  (N1, N2) tangent kernel Theta(x1_i, x2_j); after the readout, Theta^{L+1}.
     var1: (N1,) K(x1_i, x1_i), the diagonal needed to form each 2 x 2 covariance for T / Tdot.
     var2: (N2,) K(x2_j, x2_j) (equal to var1 when x2 is None).
+
+    Between layers the fields describe the current representation: pre-activations after
+    `dense`, post-activations after `nonlinearity` (nngp = T(K), ntk = Tdot(K) Theta, var = T).
     """
 
     nngp: Array
@@ -71,7 +76,7 @@ class Kernel:
 
 
 def _is_concrete(v) -> bool:
-    return isinstance(v, (int, float))
+    return isinstance(v, numbers.Real)
 
 
 def input_kernel(x1, x2=None, *, dtype=jnp.float64) -> Kernel:
@@ -91,9 +96,8 @@ def input_kernel(x1, x2=None, *, dtype=jnp.float64) -> Kernel:
         raise ConfigError(f"x1 and x2 have different input sizes ({x1.shape[1]} vs {x2_.shape[1]})")
     n0 = x1.shape[1]
     gram = x1 @ x2_.T / n0
-    if same:
+    if same:  # exactly symmetric, and variances bitwise equal to the diagonal: theta(x, x) = 0
         gram = (gram + gram.T) / 2
-    if same:  # bitwise equal to the Gram's diagonal, so that theta(x, x) = 0 exactly
         var1 = var2 = jnp.diagonal(gram)
     else:
         var1, var2 = jnp.sum(x1 * x1, axis=1) / n0, jnp.sum(x2_ * x2_, axis=1) / n0
@@ -115,9 +119,9 @@ def dense(k: Kernel, w_var, b_var, *, parameterization: str = "ntk", width: floa
     if parameterization == "ntk":
         own = nngp
     else:
-        ratio = 1.0 if fan_in is None else fan_in / width
+        ratio = 1.0 if fan_in is None else fan_in / jnp.asarray(width, k.nngp.dtype)
         has_bias = jnp.where(jnp.asarray(b_var) > 0, 1.0, 0.0).astype(k.nngp.dtype)
-        own = ratio * k.nngp + has_bias / width
+        own = ratio * k.nngp + has_bias / jnp.asarray(width, k.nngp.dtype)
     return Kernel(nngp=nngp, ntk=own + w_var * k.ntk, var1=w_var * k.var1 + b_var,
                   var2=w_var * k.var2 + b_var)
 
@@ -157,7 +161,7 @@ def fc_layers(*, depth: int, activation: str = "relu", w_var=2.0, b_var=0.0,
 
 def _validate(depth, activation, w_var, b_var, parameterization, width, method, quad_points,
               quad_rule):
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
         raise ConfigError(f"depth must be an integer >= 1 (number of hidden layers), got {depth!r}")
     activation_fn(activation)
     check_parameterization(parameterization)
@@ -165,15 +169,16 @@ def _validate(depth, activation, w_var, b_var, parameterization, width, method, 
         raise ConfigError(f"w_var must be > 0, got {w_var}")
     if _is_concrete(b_var) and b_var < 0:
         raise ConfigError(f"b_var must be >= 0, got {b_var}")
-    if parameterization == "standard" and not (width > 0):
+    if parameterization == "standard" and _is_concrete(width) and not width > 0:
         raise ConfigError(f"width must be positive (or math.inf), got {width}")
     if method not in METHODS:
         raise ConfigError(f"unknown kernel method '{method}'; choose one of {', '.join(METHODS)}")
     if quad_rule not in QUADRATURE_RULES:
         raise ConfigError(f"unknown quadrature rule '{quad_rule}'; choose one of "
                           f"{', '.join(QUADRATURE_RULES)}")
-    if int(quad_points) < 2:
-        raise ConfigError(f"quad_points must be >= 2, got {quad_points}")
+    if not 2 <= int(quad_points) <= MAX_QUAD_POINTS[quad_rule]:
+        raise ConfigError(f"quad_points must be in [2, {MAX_QUAD_POINTS[quad_rule]}] for rule "
+                          f"'{quad_rule}', got {quad_points}")
 
 
 def fc(x1, x2=None, *, depth: int, activation: str = "relu", w_var=2.0, b_var=0.0,
@@ -190,21 +195,22 @@ def fc(x1, x2=None, *, depth: int, activation: str = "relu", w_var=2.0, b_var=0.
     relu, erf, identity; quadrature otherwise, see `activations.quadrature_t_tdot`).
 
     Jit with the configuration static, e.g.
-    ``jax.jit(fc, static_argnames=("depth", "activation", "parameterization", "width", "dtype"))``;
-    w_var and b_var may be traced.  Memory O(N1 N2).
+    ``jax.jit(fc, static_argnames=("depth", "activation", "parameterization", "dtype"))``;
+    w_var, b_var and width may be traced.  Memory O(N1 N2).
     """
     _validate(depth, activation, w_var, b_var, parameterization, width, method, quad_points,
               quad_rule)
-    return _fc(x1, x2, w_var, b_var, depth=depth, activation=activation,
-               parameterization=parameterization, width=float(width), dtype=dtype, method=method,
+    return _fc(x1, x2, w_var, b_var, width, depth=int(depth), activation=activation,
+               parameterization=parameterization, dtype=dtype, method=method,
                quad_points=int(quad_points), quad_rule=quad_rule)
 
 
-@functools.partial(jax.jit, static_argnames=("depth", "activation", "parameterization", "width",
-                                             "dtype", "method", "quad_points", "quad_rule"))
-def _fc(x1, x2, w_var, b_var, *, depth, activation, parameterization, width, dtype, method,
+@functools.partial(jax.jit, static_argnames=("depth", "activation", "parameterization", "dtype",
+                                             "method", "quad_points", "quad_rule"))
+def _fc(x1, x2, w_var, b_var, width, *, depth, activation, parameterization, dtype, method,
         quad_points, quad_rule) -> Kernel:
-    """`fc` after validation, compiled once per configuration and input shapes."""
+    """`fc` after validation, compiled once per configuration and input shapes (w_var, b_var and
+    width are traced, so e.g. a sweep over widths reuses one compilation)."""
     k0 = input_kernel(x1, x2, dtype=dtype)
     n0 = math.prod(jnp.shape(x1)[1:])
     layers = fc_layers(depth=depth, activation=activation, w_var=w_var, b_var=b_var,
