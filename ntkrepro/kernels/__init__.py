@@ -3,9 +3,11 @@
 * `fc`: fully connected networks, Lee et al. 2019 App. E (Eqs. S26-S29), both parameterizations;
   returns a `Kernel` (nngp, ntk).  Layer maps and T / Tdot live in `ntkrepro.kernels.fc` and
   `ntkrepro.kernels.activations`.
+* `cntk`: Arora et al. 2019's exact convolutional NTK (vanilla CNN and global average pooling).
+* `blockwise`: any of them block by block under a memory budget, over all devices, resumable.
 """
+from ntkrepro.kernels.blocks import BlockPlan, blockwise, plan_blocks
+from ntkrepro.kernels.cntk import cntk
 from ntkrepro.kernels.fc import Kernel, fc
 
-# --- convolutional kernels (ntkrepro/kernels/cntk.py) ---
-
-__all__ = ["Kernel", "fc"]
+__all__ = ["BlockPlan", "Kernel", "blockwise", "cntk", "fc", "plan_blocks"]
