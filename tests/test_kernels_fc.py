@@ -286,3 +286,25 @@ def test_bad_input_raises_config_error(kwargs):
 def test_mismatched_input_sizes_raise():
     with pytest.raises(ConfigError):
         fc(X, X[:, :5], depth=1)
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_row_blocked_fold_equals_whole_fold(monkeypatch, same):
+    """`fc` runs the layer fold on blocks of rows for large kernels; it must equal the one-shot fold."""
+    import importlib
+
+    fc_mod = importlib.import_module("ntkrepro.kernels.fc")
+
+    rng = np.random.default_rng(5)
+    x1, x2 = rng.normal(size=(77, 6)), (None if same else rng.normal(size=(31, 6)))
+    kw = dict(depth=3, activation="erf", w_var=1.5, b_var=0.2)
+    monkeypatch.setattr(fc_mod, "ROW_BLOCK_ENTRIES", 10**9)
+    whole = fc_mod.fc(x1, x2, **kw)
+    monkeypatch.setattr(fc_mod, "ROW_BLOCK_ENTRIES", 7 * (77 if same else 31))  # 7-row blocks
+    fc_mod._fc.clear_cache()
+    blocked = fc_mod.fc(x1, x2, **kw)
+    for a, b in ((blocked.nngp, whole.nngp), (blocked.ntk, whole.ntk), (blocked.var1, whole.var1),
+                 (blocked.var2, whole.var2)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+    if same:
+        np.testing.assert_array_equal(blocked.ntk, blocked.ntk.T)

@@ -4,7 +4,8 @@ ConvNet: `n_conv` x [3 x 3 stride-1 SAME conv with `channels` channels, ReLU], t
 global average pooling, then Dense(out_dim).  Every layer (NTK parameterization, omega, beta ~
 N(0, 1))::
 
-    h = sigma_w / sqrt(fan_in) * op(a, omega) + sigma_b * beta,   fan_in = 9 C_in (conv), n_in (dense)
+    h = sigma_w / sqrt(fan_in) * op(a, omega) + sigma_b * beta,
+    fan_in = 9 C_in (conv), n_in (dense)
 
 exactly as `neural_tangents.stax.Conv` / `Dense` with W_std = sigma_w, b_std = sigma_b (kernel
 layout HWIO for both, NHWC activations).  Layers follow the `ntkrepro.nets.MLP` convention (input
@@ -36,8 +37,9 @@ class ConvNTK(nn.Module):
         c_in = x.shape[-1]
         w = self.param("kernel", nn.initializers.normal(1.0), FILTER + (c_in, self.features),
                        x.dtype)
-        y = (math.sqrt(self.w_var) / math.sqrt(FILTER[0] * FILTER[1] * c_in)) * jax.lax.conv_general_dilated(
-            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        scale = math.sqrt(self.w_var) / math.sqrt(FILTER[0] * FILTER[1] * c_in)
+        y = scale * jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.b_var > 0:
             y = y + math.sqrt(self.b_var) * self.param("bias", nn.initializers.normal(1.0),
                                                        (self.features,), x.dtype)
@@ -91,8 +93,9 @@ def stax_convnet(stax, model: ConvNet):
 
 
 def to_stax_params(model: ConvNet, params, stax_init, x_shape):
-    """Our Flax parameters laid out as the `stax` network's parameter list (shapes from its init)."""
-    template = jax.eval_shape(lambda key: stax_init(key, tuple(x_shape))[1], jax.random.PRNGKey(0))
+    """Our Flax parameters as the `stax` network's parameter list (shapes from its init)."""
+    template = jax.eval_shape(lambda key: stax_init(key, tuple(x_shape))[1],
+                              jax.random.PRNGKey(0))
     ours = [params[f"conv_{l}"] for l in range(model.n_conv)] + [params["readout"]]
     out, it = [], iter(ours)
     for leaf in template:

@@ -7,7 +7,8 @@ implementation stops repeating once its timed calls exceed `budget_s` (at least 
 Reports the best time, the warm-up time, and the relative differences of the values.
 
 MODE "memory" (extra argument: the implementation's index): builds the same inputs, runs the one
-implementation once (warm-up, compiles), then resets the kernel's peak-RSS counter (writing 5 to
+implementation once (warm-up, compiles), waits until the resident set size stops falling (XLA frees
+temporaries asynchronously), resets the kernel's peak-RSS counter (writing 5 to
 /proc/self/clear_refs), records the resident set size, runs it again and reads the new peak
 (VmHWM).  Peak memory = VmHWM - VmRSS before the call: the extra host memory of one steady-state
 call (outputs and temporaries, compilation excluded).  The parent sets MALLOC_MMAP_THRESHOLD_ so
@@ -34,6 +35,21 @@ def _status_kib(field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def _settled_rss(window_s: float = 0.3, timeout_s: float = 10.0) -> int | None:
+    """VmRSS once it has stopped falling: XLA frees an execution's temporary buffers
+    asynchronously, shortly after `block_until_ready` returns, so an immediate reading can still
+    include the previous call's temporaries (seen: 2.4 GiB) and hide the next call's peak."""
+    last = _status_kib("VmRSS")
+    t0 = time.perf_counter()
+    while last is not None and time.perf_counter() - t0 < timeout_s:
+        time.sleep(window_s)
+        cur = _status_kib("VmRSS")
+        if cur is None or abs(cur - last) < 1024:
+            return cur
+        last = cur
+    return last
 
 
 def _reset_peak() -> bool:
@@ -103,13 +119,14 @@ def run_memory(bench_id: str, size: str, index: int) -> dict:
     bench = build(bench_id, size)
     impl = bench.impls[index]
     gc.collect()
-    rss0 = _status_kib("VmRSS")
+    rss0 = _settled_rss()
     maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = jax.block_until_ready(impl.fn())
     del out
     warm_peak = _status_kib("VmHWM")
     maxrss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     gc.collect()
+    _settled_rss()
     reset = _reset_peak()
     rss1 = _status_kib("VmRSS")
     out = jax.block_until_ready(impl.fn())

@@ -57,13 +57,13 @@ def relu_t_tdot(cov, var1, var2):
     would otherwise differ from fc(x) by ~1e-8 (float64) / 1e-4 (float32).  Snapping moves Tdot
     by at most sqrt(128 eps) / (2 pi), the size of that rounding noise.
     """
-    norm = jnp.sqrt(var1 * var2)
-    cos = jnp.clip(_safe_div(cov, norm), -1.0, 1.0)
-    tol = 64 * jnp.finfo(cos.dtype).eps
-    cos = jnp.where(cos > 1 - tol, 1.0, jnp.where(cos < -1 + tol, -1.0, cos))
-    theta = jnp.arccos(cos)
-    sin = jnp.sqrt(jnp.maximum(1.0 - cos * cos, 0.0))
-    t = norm / (2 * jnp.pi) * (sin + (jnp.pi - theta) * cos)
+    # Written on the covariance entries directly (|x||y| sin(theta) = sqrt(v1 v2 - c^2),
+    # theta = atan2(that, c)) so the whole layer fuses into one cheap elementwise pass.
+    prod = var1 * var2
+    gap = prod - cov * cov  # |x|^2 |y|^2 sin^2(theta)
+    sin_norm = jnp.sqrt(jnp.where(gap > 128 * jnp.finfo(gap.dtype).eps * prod, gap, 0.0))
+    theta = jnp.arctan2(sin_norm, cov)
+    t = (sin_norm + (jnp.pi - theta) * cov) / (2 * jnp.pi)
     tdot = (jnp.pi - theta) / (2 * jnp.pi)
     return t, tdot
 

@@ -24,8 +24,9 @@ Kernel recursion implemented (notation of Section 4; P x Q = H x W image, pixels
           evaluated with the closed forms (37)-(40) of Appendix I after normalising Lambda by
           D = diag(sqrt(Sigma(x,x)[p,p]), sqrt(Sigma(x',x')[p',p'])) (homogeneity trick):
           lambda = Sigma(x,x')[p,p'] / sqrt(Sigma(x,x)[p,p] Sigma(x',x')[p',p']),
-          K    = c_sigma/q^2 (lambda (pi - arccos lambda) + sqrt(1 - lambda^2)) / (2 pi) * c1 c2,
-          Kdot = c_sigma/q^2 (pi - arccos lambda) / (2 pi).
+          K    = c_sigma/q^2 (lambda (pi - arccos lambda) + sqrt(1 - lambda^2)) / (2 pi) c1 c2,
+          with c1 = sqrt(Sigma(x,x)[p,p]), c2 = sqrt(Sigma(x',x')[p',p']) (Eq. 39),
+          Kdot = c_sigma/q^2 (pi - arccos lambda) / (2 pi)                            (Eq. 40).
     Sigma(h)[p, p'] = tr([K(h)]_D_{p,p'})
     flatten (Section 4): Theta(0) = Sigma(0); Theta(h) = tr([Kdot(h) . Theta(h-1) + K(h)]_D),
         h = 1..L-1; Theta(L) = Kdot(L) . Theta(L-1) + K(L);  CNTK = tr(Theta(L)).
@@ -47,18 +48,20 @@ Two structural facts make this fast:
 * The per-image diagonals Sigma(h)(x,x)[p,p] obey a closed recursion (lambda = 1:
   K(h)[p,p] = c_sigma/(2 q^2) Sigma(h-1)[p,p]) and are computed once per image, not per pair.
 
-Pairs of images are processed `batch_size` pairs at a time, inside one jit that also holds the
-whole layer recursion (a lax.scan over the middle layers, so compile time does not grow with
-depth); with x2 = None only the pairs i <= j are computed.  gap: a list of pairs (an explicit pair
-axis, equivalent to a vmap over pairs); flatten: a rows x cols block of the kernel matrix, so the
-per-image factors broadcast instead of being gathered per pair.
-
-Implementation notes (CPU speed): XLA's arccos costs ~30 ns per element on CPU, so pi - arccos is
-evaluated as pi/2 + arcsin with fdlibm's rational approximation (< 1 ulp); the diagonal trace is a
-separable, dilated 3-tap reduce_window over a guard-column layout (see `_box_pairs`).
+Execution: pairs of images are processed `batch_size` pairs per jitted call (x2 = None: only
+i <= j, mirrored).  Inside a call the work is cut into cache-sized pieces of about _TILE_ELEMS
+entries that run one after another (lax.map), each with its whole layer recursion (a lax.scan
+over the middle layers, so compile time does not grow with depth) in cache:
+* flatten: tiles of r x s image pairs in the layout (H, W, r, s), the per-image factors
+  broadcasting over the pair axes;
+* gap: units (one pair, a group of columns of the skewed (j, j') layout, see `_pair_maps`):
+  displacements p' - p never mix, so a column group is an independent problem.
+XLA's arccos costs ~10-30 ns per element on CPU, so pi - arccos is evaluated as pi/2 + arcsin with
+fdlibm's rational approximation (< 1 ulp); the trace over D is a separable 3-tap window sum.
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -72,8 +75,13 @@ C_SIGMA = 2.0  # c_sigma of Section 4 (= 1 / E[relu(z)^2], z ~ N(0, 1))
 FILTER = 3  # q: filter size (the code below is written for q = 3: offsets a, b in {-1, 0, 1})
 POOLINGS = ("flatten", "gap")
 
-# Default number of (pair x spatial) entries held per batched call (a few such arrays are live).
-_DEFAULT_ELEMS = 1 << 21
+# Default work per jitted call: about this many (pair x spatial) entries (memory is bounded by
+# the tiles below, so this only sets the dispatch granularity).
+_DEFAULT_ELEMS = 1 << 22
+# Entries per tile (flatten) / unit (gap): small enough that a tile's whole layer recursion stays
+# in cache (2^17 entries was ~3-4x faster per entry than whole 2^21-2^22-entry blocks on a
+# 2-core EPYC; 2^13-2^14 loses to per-op overhead).
+_TILE_ELEMS = 1 << 17
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,21 +107,37 @@ def _box_pixels(t, axes=(0, 1)):
     return _window_sum(_window_sum(t, axes[0], 1), axes[1], 1)
 
 
-def _box_pairs(t):
-    """tr([T]_D_{p,p'}) = sum_{a,b} T[i+a, j+b, i'+a, j'+b] for all (p, p') at once.
+def _pair_maps(w: int, c: int):
+    """Index maps of the *skewed guard layout* of the (j, j') pair of column indices.
 
-    t: (..., H, H+1, W, W+1), the *guard layout* of an (H, W, H, W) tensor: t[.., i, i', j, j'] =
-    T[i, j, i', j'] for i' < H, j' < W, and guard entries i' = H or j' = W that are zero in every
-    tensor this is applied to.  Flattening (i, i') row-major to i (H+1) + i', the diagonal shift
-    (i, i') -> (i+a, i'+a) is a flat shift by a (H+2), and a shift that leaves the image lands on a
-    guard entry or beyond the ends (zero).  So the diagonal box sum is a separable, dilated 3-tap
-    window sum on (..., H (H+1), W (W+1)).  Guard entries of the result are garbage (callers zero
-    their weight: the factors of x' are 0 there).
+    Flatten (j, j') with a zero guard column j' = W: g = j (W+1) + j', and fold g into rows of
+    length W+2: (Rj, Cj) = divmod(g, W+2), Rj in [0, W), Cj in [0, W+2).  The diagonal shift
+    (j, j') -> (j+b, j'+b) is g -> g + b (W+2), i.e. Rj -> Rj + b with Cj fixed; a shift that
+    leaves the image lands on a guard entry (kept zero) or beyond Rj's ends (zero padding).  So
+    every column Cj is an independent problem with a plain 3-tap sum along Rj: this is what lets
+    the gap recursion run column group by column group, each small enough to stay in cache.
+    Returns int32 jmap, jpmap (j and j' at [Cj, Rj], 0 where invalid) and the bool `valid`
+    (a real (j, j') pair), shape (n_cols, W) with n_cols = W+2 rounded up to a multiple of c.
     """
-    *lead, h, h1, w, w1 = t.shape
-    t3 = t.reshape((-1, h * h1, w * w1))
-    t3 = _window_sum(_window_sum(t3, 1, h1 + 1), 2, w1 + 1)
-    return t3.reshape(t.shape)
+    n_cols = -(-(w + 2) // c) * c
+    cj, rj = np.meshgrid(np.arange(n_cols), np.arange(w), indexing="ij")
+    g = rj * (w + 2) + cj
+    j, jp = g // (w + 1), g % (w + 1)
+    valid = (cj < w + 2) & (g < w * (w + 1)) & (jp < w)
+    return (np.where(valid, j, 0).astype(np.int32), np.where(valid, jp, 0).astype(np.int32),
+            valid)
+
+
+def _box_unit(t, h: int):
+    """tr([T]_D_{p,p'}) on a column group (..., c, H, H+1, W) = [Cj, i, i' (+ guard i' = H), Rj]:
+    along (i, i') the diagonal shift is a flat shift by H+2 of the row-major (i, i') index (guard
+    entries separate rows, as for j above), so a dilated 3-tap window sum; along Rj a plain 3-tap
+    sum.  Guard entries of the result are garbage; callers give them zero weight (the factors of
+    x' vanish there)."""
+    shape = t.shape
+    t3 = t.reshape(shape[:-3] + (h * (h + 1), shape[-1]))
+    t3 = _window_sum(_window_sum(t3, t3.ndim - 2, h + 2), t3.ndim - 1, 1)
+    return t3.reshape(shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,81 +209,122 @@ _diagonals = jax.jit(_image_diagonals, static_argnames=("n_layers",))
 # The recursions (Section 4 steps 1-4; Appendix H steps 1-4)
 
 
-def _recursion(sigma0, theta0, factors, d1, d2, box, mask_kdot: bool):
+def _recursion(sigma0, theta0, fx, fy, box):
     """Runs Sigma(h), Theta(h) for h = 1..L-1 and returns (K(L), Kdot(L), Theta(L-1)).
 
-    sigma0, theta0: Sigma(0)(x, x') and Theta(0) in the caller's layout;  d1, d2: (L, ...)
-    per-image diagonals Sigma(h)(x,x)[p,p], h = 0..L-1;  factors(da, db) -> (r1, n1, r2, n2, m2)
-    broadcastable to the layout;  box: the trace over D in that layout.
+    sigma0, theta0: Sigma(0)(x, x') and Theta(0) in the caller's layout;  fx = (r1, n1) and
+    fy = (r2, n2, m2): per-layer factors of x and x' (leading axis h = 0..L-1, the rest
+    broadcastable to the layout; m2 is a 0/1 mask on Kdot or None);  box: the trace over D.
     Per layer (step 2):  K, Kdot from Lambda(h);  Sigma(h) = tr([K]_D);
-    Theta(h) = tr([Kdot . Theta(h-1) + K]_D)   (both traces in one stacked box call).
+    Theta(h) = tr([Kdot . Theta(h-1) + K]_D).
     """
-    def expectations(sig, da, db):
-        r1, n1, r2, n2, m2 = factors(da, db)
-        return _relu_expectations(sig, r1, r2, n1, n2, m2 if mask_kdot else None)
+    def expectations(sig, r1, n1, r2, n2, m2=None):
+        return _relu_expectations(sig, r1, r2, n1, n2, m2)
 
-    def layer(carry, diag):
-        sig, th = carry[0], carry[1]
-        k, kdot = expectations(sig, *diag)
-        return box(jnp.stack([k, kdot * th + k])), None
+    def layer(carry, f):
+        sig, th = carry
+        k, kdot = expectations(sig, *f)
+        return (box(k), box(kdot * th + k)), None
 
-    carry = jnp.stack([sigma0, theta0])
-    if d1.shape[0] > 1:
-        carry, _ = lax.scan(layer, carry, (d1[:-1], d2[:-1]))
-    k, kdot = expectations(carry[0], d1[-1], d2[-1])  # K(L), Kdot(L)
+    f_all = tuple(t for t in fx + fy if t is not None)
+    carry = (sigma0, theta0)
+    if fx[0].shape[0] > 1:
+        carry, _ = lax.scan(layer, carry, tuple(t[:-1] for t in f_all))
+    k, kdot = expectations(carry[0], *(t[-1] for t in f_all))  # K(L), Kdot(L)
     return k, kdot, carry[1]
 
 
-@jax.jit
-def _gap_pairs(x1, x2, d1, d2, ii, jj):
+@partial(jax.jit, static_argnames=("c",))
+def _gap_pairs(x1, x2, d1, d2, ii, jj, *, c: int):
     """Global-average-pooling CNTK and NNGP (Appendix H) for the B pairs (x1[ii[b]], x2[jj[b]]).
 
     x1, x2: (N1|N2, H, W, C);  d1, d2: (L, N1|N2, H, W) diagonals;  ii, jj: (B,) int32.
-    Layout: guard layout (B, H, H+1, W, W+1) of Sigma(x, x')[p, p'] (see `_box_pairs`).
+    Sigma(x, x')[p, p'] lives in the layout [Cj, i, i', Rj] (guard column i' = H, skewed (j, j'):
+    see `_pair_maps`, `_box_unit`).  Displacements are independent, so the work is split into
+    units = (pair b, group of c columns Cj), each of shape (c, H, H+1, W), run one after another
+    (lax.map) with the whole layer recursion of a unit in cache.
     Returns two (B,) arrays: 1/(PQ)^2 sum_{p,p'} Theta(L) and 1/(PQ)^2 sum_{p,p'} K(L).
     """
-    xa, xb = x1[ii], x2[jj]
-    _, h, w, _ = xa.shape
-    guard = ((0, 0), (0, 1), (0, 1))
-    s0 = jnp.einsum("bhwc,bijc->bhiwj", xa, xb)  # x (x) x' summed over channels
-    sigma0 = _box_pairs(jnp.pad(s0, ((0, 0), (0, 0), (0, 1), (0, 0), (0, 1))))  # Sigma(0)
-    theta0 = jnp.zeros_like(sigma0)  # step 1: Theta(0) = 0 (first layer not trained)
+    _, h, w, n_ch = x1.shape
+    jmap, jpmap, valid = (jnp.asarray(a) for a in _pair_maps(w, c))
+    n_units = jmap.shape[0] // c
+    box = partial(_box_unit, h=h)
 
-    def factors(da, db):
-        da, db = da[ii], db[jj]  # (B, H, W)
-        x_side = lambda t: t[:, :, None, :, None]  # noqa: E731  indexes p = (i, j)
-        y_side = lambda t: jnp.pad(t, guard)[:, None, :, None, :]  # noqa: E731  p' = (i', j')
-        return (x_side(_safe_rsqrt(da)), x_side(jnp.sqrt(da)), y_side(_safe_rsqrt(db)),
-                y_side(jnp.sqrt(db)), y_side(jnp.ones_like(db)))
+    def unit(idx):
+        b, u = idx // n_units, idx % n_units
+        jm = lax.dynamic_slice_in_dim(jmap, u * c, c, 0)  # (c, W): j at [Cj, Rj]
+        jpm = lax.dynamic_slice_in_dim(jpmap, u * c, c, 0)  # j'
+        vm = lax.dynamic_slice_in_dim(valid, u * c, c, 0).astype(x1.dtype)
 
-    k, kdot, theta = _recursion(sigma0, theta0, factors, d1, d2, _box_pairs, mask_kdot=True)
-    norm = (h * w) ** 2
-    # step 3: Theta(L) = Kdot(L) . Theta(L-1) (no K(L): last layer not trained); step 4: mean.
-    return (jnp.sum(kdot * theta, axis=(1, 2, 3, 4)) / norm,
-            jnp.sum(k, axis=(1, 2, 3, 4)) / norm)
+        def x_side(v):  # (..., H, W) per-pixel values of x -> (..., c, H, 1, W): v[i, j]
+            return jnp.moveaxis(v[..., :, jm], -3, -2)[..., :, :, None, :]
+
+        def y_side(v):  # (..., H, W) of x' -> (..., c, 1, H+1, W): v[i', j'], 0 on guards
+            t = jnp.moveaxis(v[..., :, jpm], -3, -2) * vm[:, None, :]
+            t = jnp.pad(t, [(0, 0)] * (t.ndim - 2) + [(0, 1), (0, 0)])
+            return t[..., :, None, :, :]
+
+        xa = x_side(jnp.moveaxis(x1[ii[b]], -1, 0))  # (C, c, H, 1, W)
+        xb = y_side(jnp.moveaxis(x2[jj[b]], -1, 0))  # (C, c, 1, H+1, W)
+        s0 = xa[0] * xb[0]  # x (x) x' summed over channels (unrolled: C is small)
+        for ch in range(1, n_ch):
+            s0 = s0 + xa[ch] * xb[ch]
+        sigma0 = box(s0)  # Sigma(0)
+        da, db = d1[:, ii[b]], d2[:, jj[b]]  # (L, H, W)
+        fx = (x_side(_safe_rsqrt(da)), x_side(jnp.sqrt(da)))
+        fy = (y_side(_safe_rsqrt(db)), y_side(jnp.sqrt(db)), y_side(jnp.ones_like(db)))
+        # step 1: Theta(0) = 0 (first layer not trained)
+        k, kdot, theta = _recursion(sigma0, jnp.zeros_like(sigma0), fx, fy, box)
+        # step 3: Theta(L) = Kdot(L) . Theta(L-1) (no K(L): last layer not trained)
+        return jnp.sum(kdot * theta), jnp.sum(k)
+
+    ntk, nngp = lax.map(unit, jnp.arange(ii.shape[0] * n_units))
+    norm = (h * w) ** 2  # step 4: mean over all (p, p')
+    return (ntk.reshape(-1, n_units).sum(axis=1) / norm,
+            nngp.reshape(-1, n_units).sum(axis=1) / norm)
 
 
-@jax.jit
-def _flatten_block(xa, xb, da, db):
-    """Vanilla CNTK and NNGP (Section 4) for the block xa (R, H, W, C) x xb (S, H, W, C).
+def _flatten_tile(xa, xb, fx, fy):
+    """Vanilla CNTK and NNGP (Section 4) for the tile xa (r, H, W, C) x xb (s, H, W, C).
 
-    da, db: (L, R|S, H, W) diagonals.  Layout (H, W, R, S) holding Sigma(x, x')[p, p] only: by
-    the same-offset structure of the trace, the p = p' entries form a closed recursion.
-    Returns two (R, S) arrays: tr(Theta(L)) and tr(K(L)).
+    fx = (r1, n1): (L, H, W, r, 1), fy = (r2, n2): (L, H, W, 1, s) per-layer factors.  Layout
+    (H, W, r, s) holding Sigma(x, x')[p, p] only: by the same-offset structure of the trace, the
+    p = p' entries form a closed recursion.  Returns two (r, s) arrays: tr(Theta(L)), tr(K(L)).
     """
-    box = partial(_box_pixels, axes=(-4, -3))  # (..., H, W, R, S)
-    sigma0 = box(jnp.einsum("rhwc,shwc->hwrs", xa, xb))  # Sigma(0)[p, p]
-    theta0 = sigma0  # step 1: Theta(0) = Sigma(0)
-
-    def factors(d_a, d_b):
-        x_side = lambda t: jnp.transpose(t, (1, 2, 0))[:, :, :, None]  # noqa: E731
-        y_side = lambda t: jnp.transpose(t, (1, 2, 0))[:, :, None, :]  # noqa: E731
-        return (x_side(_safe_rsqrt(d_a)), x_side(jnp.sqrt(d_a)), y_side(_safe_rsqrt(d_b)),
-                y_side(jnp.sqrt(d_b)), None)
-
-    k, kdot, theta = _recursion(sigma0, theta0, factors, da, db, box, mask_kdot=False)
+    box = partial(_box_pixels, axes=(-4, -3))
+    xa_t = jnp.transpose(xa, (3, 1, 2, 0))[..., :, None]  # (C, H, W, r, 1)
+    xb_t = jnp.transpose(xb, (3, 1, 2, 0))[..., None, :]  # (C, H, W, 1, s)
+    s0 = xa_t[0] * xb_t[0]
+    for c in range(1, xa.shape[-1]):
+        s0 = s0 + xa_t[c] * xb_t[c]
+    sigma0 = box(s0)  # Sigma(0)[p, p]
+    k, kdot, theta = _recursion(sigma0, sigma0, fx, fy + (None,), box)  # step 1: Theta(0)=Sigma(0)
     # step 3: Theta(L) = Kdot(L) . Theta(L-1) + K(L); step 4: trace over p.
     return jnp.sum(kdot * theta + k, axis=(0, 1)), jnp.sum(k, axis=(0, 1))
+
+
+@partial(jax.jit, static_argnames=("r", "s"))
+def _flatten_block(xa, xb, da, db, *, r: int, s: int):
+    """`_flatten_tile` over all (r x s) tiles of the block xa (R, H, W, C) x xb (S, H, W, C)
+    (R % r == S % s == 0), one tile after another (lax.map) so each tile's whole layer recursion
+    stays in cache.  da, db: (L, R|S, H, W) diagonals.  Returns two (R, S) arrays."""
+    n_i, n_j = xa.shape[0] // r, xb.shape[0] // s
+    ta, tb = jnp.moveaxis(da, 1, -1), jnp.moveaxis(db, 1, -1)  # (L, H, W, R|S)
+    fa, fb = (_safe_rsqrt(ta), jnp.sqrt(ta)), (_safe_rsqrt(tb), jnp.sqrt(tb))
+
+    def tile(idx):
+        i, j = idx // n_j, idx % n_j
+        fx = tuple(lax.dynamic_slice_in_dim(t, i * r, r, 3)[..., None] for t in fa)
+        fy = tuple(lax.dynamic_slice_in_dim(t, j * s, s, 3)[..., None, :] for t in fb)
+        return _flatten_tile(lax.dynamic_slice_in_dim(xa, i * r, r, 0),
+                             lax.dynamic_slice_in_dim(xb, j * s, s, 0), fx, fy)
+
+    parts = lax.map(tile, jnp.arange(n_i * n_j))
+
+    def untile(t):  # (n_i n_j, r, s) -> (R, S)
+        return t.reshape(n_i, n_j, r, s).transpose(0, 2, 1, 3).reshape(n_i * r, n_j * s)
+
+    return untile(parts[0]), untile(parts[1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,7 +389,7 @@ def cntk(x1, x2=None, *, depth: int, pooling: str = "flatten", dtype=jnp.float64
     d2 = d1 if symmetric else _diagonals(x2, n_layers=n_conv)
     if pooling == "gap":
         if batch_size is None:
-            batch_size = max(1, _DEFAULT_ELEMS // (h * (h + 1) * w * (w + 1)))
+            batch_size = max(1, _DEFAULT_ELEMS // (h * w) ** 2)
         ntk, nngp = _run_gap(x1, x2, d1, d2, symmetric, batch_size)
     else:
         if batch_size is None:
@@ -344,7 +409,9 @@ def _run_gap(x1, x2, d1, d2, symmetric, batch_size):
     n_pad = (-n_pairs) % bs
     ii_p = np.concatenate([ii, np.zeros(n_pad, ii.dtype)]).astype(np.int32)
     jj_p = np.concatenate([jj, np.zeros(n_pad, jj.dtype)]).astype(np.int32)
-    parts = [_gap_pairs(x1, x2, d1, d2, ii_p[s:s + bs], jj_p[s:s + bs])
+    _, h, w, _ = x1.shape
+    c = max(1, min(w + 2, _TILE_ELEMS // (h * (h + 1) * w)))  # columns per cache-resident unit
+    parts = [_gap_pairs(x1, x2, d1, d2, ii_p[s:s + bs], jj_p[s:s + bs], c=c)
              for s in range(0, n_pairs + n_pad, bs)]
 
     def assemble(vals):
@@ -357,11 +424,17 @@ def _run_gap(x1, x2, d1, d2, symmetric, batch_size):
 
 def _run_flatten(x1, x2, d1, d2, symmetric, batch_size):
     n1, n2 = x1.shape[0], x2.shape[0]
-    if symmetric:
-        rows = cols = max(1, min(n1, int(np.sqrt(batch_size))))
+    hw = x1.shape[1] * x1.shape[2]
+    # Tile (r x s pairs, <= _TILE_ELEMS entries): layout (H, W, r, s), so a long s vectorises.
+    tile = max(1, _TILE_ELEMS // hw)
+    s = max(1, min(n2, tile // 2 if tile > 1 else 1))
+    r = max(1, min(n1, tile // s))
+    if symmetric:  # square blocks (mirrored), a multiple of both tile sides
+        unit = math.lcm(r, s)
+        rows = cols = unit * max(1, min(-(-n1 // unit), int(np.sqrt(batch_size)) // unit))
     else:
-        cols = min(n2, batch_size)
-        rows = max(1, min(n1, batch_size // cols))
+        cols = s * max(1, min(-(-n2 // s), batch_size // (r * s)))
+        rows = r * max(1, min(-(-n1 // r), batch_size // (r * cols)))
 
     def padded(x, d, size):
         extra = (-x.shape[0]) % size  # zero images: zero variance, handled by _safe_rsqrt
@@ -376,8 +449,9 @@ def _run_flatten(x1, x2, d1, d2, symmetric, batch_size):
         for bj in range(len(ntk[0])):
             if symmetric and bj < bi:
                 continue
-            r, c = slice(bi * rows, (bi + 1) * rows), slice(bj * cols, (bj + 1) * cols)
-            ntk[bi][bj], nngp[bi][bj] = _flatten_block(x1p[r], x2p[c], d1p[:, r], d2p[:, c])
+            rs, cs = slice(bi * rows, (bi + 1) * rows), slice(bj * cols, (bj + 1) * cols)
+            ntk[bi][bj], nngp[bi][bj] = _flatten_block(x1p[rs], x2p[cs], d1p[:, rs], d2p[:, cs],
+                                                       r=r, s=s)
     if symmetric:
         for bi in range(len(ntk)):
             for bj in range(bi):

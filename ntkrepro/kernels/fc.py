@@ -75,12 +75,16 @@ class Kernel:
         return dataclasses.replace(self, **changes)
 
 
+ROW_BLOCK_ENTRIES = 1 << 16  # kernel entries per block of rows in `fc` (cache-sized)
+
+
 def _is_concrete(v) -> bool:
     return isinstance(v, numbers.Real)
 
 
 def input_kernel(x1, x2=None, *, dtype=jnp.float64) -> Kernel:
-    """Kernel of the raw inputs: nngp = x1 . x2 / n0 (the normalised Gram of Eq. S27), ntk = 0.
+    """Kernel of the raw inputs: nngp = x1 . x2 / n0 (the normalised Gram of Eq. S27), ntk = 0
+    (a scalar zero, broadcast by the first layer: no (N1, N2) array of zeros is made).
 
     Inputs of shape (N, ...) are flattened to (N, n0).
     """
@@ -101,7 +105,7 @@ def input_kernel(x1, x2=None, *, dtype=jnp.float64) -> Kernel:
         var1 = var2 = jnp.diagonal(gram)
     else:
         var1, var2 = jnp.sum(x1 * x1, axis=1) / n0, jnp.sum(x2_ * x2_, axis=1) / n0
-    return Kernel(nngp=gram, ntk=jnp.zeros_like(gram), var1=var1, var2=var2)
+    return Kernel(nngp=gram, ntk=jnp.zeros((), gram.dtype), var1=var1, var2=var2)
 
 
 def dense(k: Kernel, w_var, b_var, *, parameterization: str = "ntk", width: float = math.inf,
@@ -133,18 +137,14 @@ def nonlinearity(k: Kernel, activation: str, *, method: str = "auto",
     T / Tdot use the 2 x 2 covariance [[var1_i, K_ij], [K_ij, var2_j]] of each pair; the closed
     forms (relu, erf, identity) or quadrature, see `ntkrepro.kernels.activations.t_tdot`.
     """
-    # One flat batch of 2 x 2 covariances: the N1 N2 pairs, then the N1 + N2 diagonal ones.
-    n1, n2 = k.nngp.shape
-    pair_v1 = jnp.broadcast_to(k.var1[:, None], (n1, n2)).ravel()
-    pair_v2 = jnp.broadcast_to(k.var2[None, :], (n1, n2)).ravel()
-    cov = jnp.concatenate([k.nngp.ravel(), k.var1, k.var2])
-    v1 = jnp.concatenate([pair_v1, k.var1, k.var2])
-    v2 = jnp.concatenate([pair_v2, k.var1, k.var2])
-    t, tdot = t_tdot(activation, cov, v1, v2, method=method, quad_points=quad_points,
-                     quad_rule=quad_rule)
-    m = n1 * n2
-    return Kernel(nngp=t[:m].reshape(n1, n2), ntk=tdot[:m].reshape(n1, n2) * k.ntk,
-                  var1=t[m:m + n1], var2=t[m + n1:])
+    # Pairs by broadcasting (N1, 1) against (1, N2) variances, so XLA fuses the whole layer into
+    # one elementwise pass over the (N1, N2) kernel; the two diagonals separately.
+    f = functools.partial(t_tdot, activation, method=method, quad_points=quad_points,
+                          quad_rule=quad_rule)
+    t, tdot = f(k.nngp, k.var1[:, None], k.var2[None, :])
+    var1, _ = f(k.var1, k.var1, k.var1)
+    var2, _ = f(k.var2, k.var2, k.var2)
+    return Kernel(nngp=t, ntk=tdot * k.ntk, var1=var1, var2=var2)
 
 
 def fc_layers(*, depth: int, activation: str = "relu", w_var=2.0, b_var=0.0,
@@ -216,4 +216,25 @@ def _fc(x1, x2, w_var, b_var, width, *, depth, activation, parameterization, dty
     layers = fc_layers(depth=depth, activation=activation, w_var=w_var, b_var=b_var,
                        parameterization=parameterization, width=width, n0=n0, method=method,
                        quad_points=quad_points, quad_rule=quad_rule)
-    return functools.reduce(lambda k, layer: layer(k), layers, k0)
+
+    def fold(k):
+        return functools.reduce(lambda k, layer: layer(k), layers, k)
+
+    n1, n2 = k0.nngp.shape
+    rows = max(1, ROW_BLOCK_ENTRIES // n2)
+    if n1 <= rows:
+        return fold(k0)
+    # Every layer is elementwise on the Gram: run all of them on one block of rows at a time, so
+    # the block stays in cache across layers and temporaries are O(block) instead of O(N1 N2).
+    pad = -n1 % rows
+    gram = jnp.pad(k0.nngp, ((0, pad), (0, 0))).reshape(-1, rows, n2)
+    var1 = jnp.pad(k0.var1, (0, pad), constant_values=1.0).reshape(-1, rows)
+
+    def block(args):
+        g, v1 = args
+        k = fold(Kernel(nngp=g, ntk=k0.ntk, var1=v1, var2=k0.var2))
+        return k.nngp, k.ntk, k.var1, k.var2
+
+    nngp, ntk, var1, var2 = jax.lax.map(block, (gram, var1))
+    return Kernel(nngp=nngp.reshape(-1, n2)[:n1], ntk=ntk.reshape(-1, n2)[:n1],
+                  var1=var1.reshape(-1)[:n1], var2=var2[0])
