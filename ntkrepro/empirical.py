@@ -16,6 +16,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from ntkrepro.errors import ConfigError
 from ntkrepro.nets import MLP, layer_coefficients
 
 
@@ -36,19 +37,29 @@ def auto_batch_size(f, params, x, memory_budget: int = DEFAULT_MEMORY_BUDGET) ->
     return max(1, min(len(x), memory_budget // (2 * k * n_params * itemsize)))
 
 
+IMPLEMENTATIONS = ("jacobian", "ntvp")
+
+
 def empirical_ntk(f, params, x1, x2=None, *, batch_size: int | None = None, trace: bool = True,
-                  memory_budget: int = DEFAULT_MEMORY_BUDGET):
+                  memory_budget: int = DEFAULT_MEMORY_BUDGET, implementation: str = "jacobian"):
     """J(x1) J(x2)^T for `f(params, x) -> (N,) or (N, k)`.
 
     Returns (N1, N2) when the output is scalar or `trace` is true (sum over the k outputs), else
     (N1, N2, k, k).  Rows are processed `batch_size` inputs at a time; by default the block size is
     chosen so that the Jacobian blocks held at once stay under `memory_budget` bytes.
+    `implementation`: "jacobian" contracts the two Jacobian blocks; "ntvp" never forms a Jacobian:
+    each column Theta e_j = J(x1) (J(x2)^T e_j) is one VJP followed by one JVP (memory O(P) per
+    column, vmapped over the columns of a block).
     """
+    if implementation not in IMPLEMENTATIONS:
+        raise ConfigError(f"unknown implementation '{implementation}'; choose one of "
+                          f"{', '.join(IMPLEMENTATIONS)}")
     x2 = x1 if x2 is None else x2
     if batch_size is None:
         batch_size = auto_batch_size(f, params, x1, memory_budget)
     out_ndim = len(jax.eval_shape(lambda: f(params, x1[:1])).shape)
-    fn = jax.jit(partial(_ntk_block, f, out_ndim=out_ndim, trace=trace))
+    block_fn = _ntk_block if implementation == "jacobian" else _ntvp_block
+    fn = jax.jit(partial(block_fn, f, out_ndim=out_ndim, trace=trace))
     rows = []
     for i0, i1 in _blocks(len(x1), batch_size):
         cols = [fn(params, x1[i0:i1], x2[j0:j1]) for j0, j1 in _blocks(len(x2), batch_size)]
@@ -70,6 +81,23 @@ def _ntk_block(f, params, xa, xb, *, out_ndim: int, trace: bool):
             total = total + jnp.einsum("ikp,jlp->ijkl", a.reshape(a.shape[0], a.shape[1], -1),
                                        b.reshape(b.shape[0], b.shape[1], -1))
     return total
+
+
+def _ntvp_block(f, params, xa, xb, *, out_ndim: int, trace: bool):
+    """One block by NTK-vector products: column (j, l) is J(xa) J(xb)^T e_(j, l)."""
+    fb, vjp_b = jax.vjp(lambda p: f(p, xb), params)
+    n_cols = fb.size
+
+    def column(cotangent):
+        (g,) = vjp_b(cotangent.reshape(fb.shape))
+        return jax.jvp(lambda p: f(p, xa), (params,), (g,))[1]
+
+    cols = jax.vmap(column)(jnp.eye(n_cols, dtype=fb.dtype))  # (Nb*k, *fa.shape)
+    if out_ndim == 1:  # cols[j, i] = Theta[i, j]
+        return cols.T
+    nb, k = fb.shape
+    full = cols.reshape(nb, k, -1, k).transpose(2, 0, 3, 1)  # (Na, Nb, k_a, k_b)
+    return jnp.einsum("ijkk->ij", full) if trace else full
 
 
 def empirical_nngp(f, params, x1, x2=None):

@@ -24,6 +24,8 @@ def test_structured_equals_jacobian(parameterization, out_dim, dtype):
     for trace in (True, False):
         ref = empirical_ntk(f, params, x, x2, trace=trace)
         np.testing.assert_allclose(mlp_ntk(model, params, x, x2, trace=trace), ref, rtol=tol, atol=tol)
+        ntvp = empirical_ntk(f, params, x, x2, trace=trace, implementation="ntvp", batch_size=3)
+        np.testing.assert_allclose(ntvp, ref, rtol=tol, atol=tol)
     full = empirical_ntk(f, params, x)
     np.testing.assert_allclose(empirical_ntk(f, params, x, batch_size=2), full, rtol=tol, atol=tol)
     np.testing.assert_allclose(mlp_ntk(model, params, x), full, rtol=tol, atol=tol)
