@@ -2,6 +2,7 @@
 PY ?= $(shell [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)
 SCALE ?= smoke
 ARGS ?=
+NT_PEER := neural-tangents==0.6.5 frozendict  # test/benchmark peer only, never imported by the core
 FIGURES := $(sort $(basename $(notdir $(wildcard conf/figure/*.yaml))))
 
 .PHONY: help setup figures test bench $(addprefix figure-,$(FIGURES))
@@ -18,6 +19,7 @@ setup:
 	python3 -m venv .venv
 	.venv/bin/python -m pip install -q --upgrade pip
 	.venv/bin/python -m pip install -q -e '.[dev]'
+	.venv/bin/python -m pip install -q --no-deps $(NT_PEER)
 
 figure-%:
 	$(PY) -m ntkrepro figure=$* scale=$(SCALE) $(ARGS)
@@ -29,4 +31,5 @@ test:
 	$(PY) -m pytest -n 2 tests
 
 bench:
-	$(PY) -m pip install -q --no-deps neural-tangents==0.6.5 frozendict ; $(PY) -m ntkrepro.bench $(ARGS)
+	$(PY) -m pip install -q --no-deps $(NT_PEER)
+	$(PY) -m ntkrepro.bench $(ARGS)
