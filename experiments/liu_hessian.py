@@ -1,0 +1,246 @@
+"""Liu, Zhu & Belkin 2020, Table 1, measured: Hessian spectral norm and gradient norm against width.
+
+Table 1 of the paper (Sec. 4) lists orders, not measurements:
+
+    network                 Hessian norm     NTK     transition to linearity (constant NTK)?
+    linear output layer     O~(1/sqrt(m))    Theta(1)  yes
+    nonlinear output layer  O~(1)            Theta(1)  no
+    bottleneck              O~(1)            Theta(1)  no
+
+Here each class is trained by gradient descent on the synthetic task of `experiments.liu_common`
+(scalar output: the paper's H(w; x) = d^2 f(w; x) / dw^2 is for one input of a scalar model), and at
+initialization and at checkpoints along the training path we measure, for a few training inputs x,
+
+* ||H(w; x)|| by Lanczos on Hessian-vector products (`ntkrepro.hessian`; H is never formed),
+* ||grad_w f(w; x)|| = sqrt(K(x, x)) (Eq. 6: the NTK's Theta(1)), from the diagonal of the tangent
+  kernel (`experiments.liu_common.tangent_kernel`, no Jacobian; equal to `ntkrepro.hessian.gradient_norm`),
+
+and report per width the maximum over the inputs (at w_0, and over the whole path), plus the final
+relative kernel change Delta K of the model.  Fitted log-log slopes against m are compared with the
+table's orders (-1/2 for the linear output, 0 otherwise; 0 for the gradient norm).
+
+Model classes (all NTK parameterization, tanh hidden units):
+
+* ``linear``:     one hidden layer of width m, linear scalar output f (Eq. 4 / Eq. 7);
+* ``nonlinear``:  the same f through phi = `nonlinear_output` (softplus by default):
+  H~ = phi''(f) grad f grad f^T + phi'(f) H (Eq. 13), so ||H~|| >= |phi''(f)| ||grad f||^2 - |phi'(f)| ||H||
+  (Eq. 14) = Theta(1) needs phi'' away from 0 at the typical outputs: softplus'' = sigmoid (1 - sigmoid)
+  is 0.2-0.25 there, whereas tanh'' vanishes at f = 0 and swish'' changes sign near f = 2.4;
+* ``bottleneck``: three hidden layers [m, m_b, m] with a fixed narrow m_b, linear output.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ntkrepro import claims as C
+from ntkrepro import plotting
+from ntkrepro.errors import ConfigError
+from ntkrepro.hessian import HessianConvergenceWarning, hessian_spectral_norm
+from ntkrepro.nets import make_mlp
+
+from experiments.liu_common import (check_output, compose, init_network, learning_rate, rel_change,
+                                    synthetic_task, tangent_kernel, train)
+
+CLASSES = ("linear", "nonlinear", "bottleneck")
+PAPER = {  # Table 1
+    "linear": ("linear output layer", "O~(1/sqrt(m))", -0.5, "Yes"),
+    "nonlinear": ("nonlinear output layer", "O~(1)", 0.0, "No"),
+    "bottleneck": ("bottleneck", "O~(1)", 0.0, "No"),
+}
+COLORS = {"linear": "tab:blue", "nonlinear": "tab:red", "bottleneck": "tab:green"}
+
+
+def _model(cfg, cls: str, width: int):
+    kw = dict(out_dim=1, activation=cfg.activation, w_var=cfg.w_var, b_var=cfg.b_var,
+              parameterization=cfg.parameterization)
+    if cls == "bottleneck":
+        mb = int(cfg.bottleneck_width)
+        if mb < 1:
+            raise ConfigError(f"bottleneck_width must be a positive integer, got {mb}")
+        return make_mlp(width=[width, mb, width], depth=3, **kw), "linear", (width, mb)
+    output = "linear" if cls == "linear" else check_output(cfg.nonlinear_output)
+    return make_mlp(width=width, depth=1, **kw), output, (width,)
+
+
+def _hessian_norms(f, params, x_probe, cfg) -> tuple[list[float], int]:
+    """||H(w; x)|| for each probe input (Lanczos), and how many runs missed the tolerance."""
+    hess, unconverged = [], 0
+    for i in range(len(x_probe)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", HessianConvergenceWarning)
+            hess.append(hessian_spectral_norm(f, params, x_probe[i:i + 1], num_iters=int(cfg.lanczos_iters),
+                                              tol=float(cfg.lanczos_tol),
+                                              reorthogonalize=bool(cfg.reorthogonalize)))
+        unconverged += sum(issubclass(w.category, HessianConvergenceWarning) for w in caught)
+    return hess, unconverged
+
+
+def run(cfg) -> pd.DataFrame:
+    task = synthetic_task(cfg, out_dim=1)
+    x = task.x
+    n_probe = int(cfg.n_probe)
+    if not 1 <= n_probe <= x.shape[0]:
+        raise ConfigError(f"n_probe must be between 1 and n_train={x.shape[0]}, got {n_probe}")
+    probes = x[:n_probe]
+    classes = list(cfg.classes)
+    for cls in classes:
+        if cls not in CLASSES:
+            raise ConfigError(f"unknown model class '{cls}'; choose from {', '.join(CLASSES)}")
+    rows = []
+    jobs = [(c, int(m)) for c in classes for m in cfg.widths]
+    for cls, width in tqdm(jobs, desc=cfg.id, disable=None):
+        model, output, tags = _model(cfg, cls, width)
+        p0 = init_network(model, cfg.seed, x, *tags)
+        f = compose(model, output)              # one function object per model: one compilation
+        kf0 = tangent_kernel(model, p0, x, "linear")
+        k0 = kf0 if output == "linear" else tangent_kernel(model, p0, x, output)
+        common = dict(cls=cls, output=output, width=width)
+        last = {}
+
+        def on_checkpoint(step, params, loss):
+            if not math.isfinite(loss):
+                return
+            hess, bad = _hessian_norms(f, params, probes, cfg)
+            # ||grad_w f~(w; x)||^2 = K~(x, x) (Eq. 6): the diagonal of the structured tangent kernel
+            kern = np.asarray(tangent_kernel(model, params, x, output))[:, :, 0, 0]
+            grad = np.sqrt(np.diag(kern))[:n_probe]
+            for i, (h, g) in enumerate(zip(hess, grad)):
+                rows.append(dict(quantity="hessian_norm", value=h, step=step, probe=i,
+                                 lanczos_unconverged=bad, **common))
+                rows.append(dict(quantity="grad_norm", value=g, step=step, probe=i, **common))
+            last.update(step=step, params=params)
+
+        res = train(f, p0, x, task.targets(output), eta=learning_rate(cfg.lr, x.shape[0], kf0, output),
+                    max_steps=int(cfg.steps) if cfg.get("train", True) else 0, tol=float(cfg.tol),
+                    checkpoints={int(s) for s in cfg.hessian_steps}, on_checkpoint=on_checkpoint)
+        dk = rel_change(tangent_kernel(model, last["params"], x, output), k0) if last else math.nan
+        rows.append(dict(quantity="delta_k", value=dk, step=last.get("step", 0), loss0=res.loss0,
+                         loss_ratio=res.loss_final / res.loss0, converged=int(res.converged),
+                         diverged=int(res.diverged), **common))
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def summary(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per class and width: ||H|| at w_0 and max along the path, ||grad f|| at w_0 (max over inputs)."""
+    h = metrics[metrics.quantity == "hessian_norm"]
+    g = metrics[metrics.quantity == "grad_norm"]
+    d = metrics[metrics.quantity == "delta_k"].set_index(["cls", "width"])
+    out = []
+    for (cls, width), hg in h.groupby(["cls", "width"]):
+        gg = g[(g.cls == cls) & (g.width == width)]
+        out.append(dict(cls=cls, width=width, hess_init=hg[hg.step == 0].value.max(),
+                        hess_path=hg.value.max(), grad_init=gg[gg.step == 0].value.max(),
+                        grad_path_min=gg.value.min(), delta_k=d.value.get((cls, width), np.nan),
+                        loss_ratio=d.loss_ratio.get((cls, width), np.nan)))
+    return pd.DataFrame(out).sort_values(["cls", "width"])
+
+
+def _slopes(s: pd.DataFrame) -> dict:
+    out = {}
+    for cls, g in s.groupby("cls"):
+        out[cls] = {q: C.loglog_slope(g.width, g[q]) for q in ("hess_init", "hess_path", "grad_init")}
+    return out
+
+
+def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
+    s = summary(metrics)
+    slopes = _slopes(s)
+    tol = cfg.claims
+    out = []
+    for cls in [c for c in CLASSES if c in slopes]:
+        name, order, _, _ = PAPER[cls]
+        lo, hi = tol.linear_slope if cls == "linear" else tol.flat_slope
+        for q, where in (("hess_init", "at initialization"), ("hess_path", "max along the training path")):
+            out.append(C.in_range(f"{name}: Hessian spectral norm is {order} (Table 1)",
+                                  f"log-log slope over m of max_x ||H(w; x)||, {where}", slopes[cls][q],
+                                  lo, hi))
+        lo, hi = tol.grad_slope
+        out.append(C.in_range(f"{name}: tangent kernel / gradient norm is Theta(1) (Table 1, Eq. 6)",
+                              "log-log slope over m of max_x ||grad f(w_0; x)||", slopes[cls]["grad_init"],
+                              lo, hi))
+    return out
+
+
+def _fmt(m) -> str:
+    """10^k, a·10^k (one significant digit) or the integer."""
+    m = int(m)
+    k = int(math.floor(math.log10(m)))
+    a, rest = divmod(m, 10 ** k)
+    if rest or k < 2:
+        return str(m)
+    return f"10^{k}" if a == 1 else f"{a}·10^{k}"
+
+
+def table_markdown(metrics: pd.DataFrame) -> str:
+    s = summary(metrics)
+    slopes = _slopes(s)
+    wide = int(s.width.max())
+    lines = [
+        "| network | Hessian norm (paper) | slope of ‖H(w₀)‖ | slope of max-path ‖H‖ | "
+        f"‖H(w₀)‖ at m={_fmt(wide)} | NTK (paper) | slope of ‖∇f(w₀)‖ | "
+        f"ΔK at m={_fmt(wide)} | "
+        "constant NTK? (paper) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for cls in [c for c in CLASSES if c in slopes]:
+        name, order, _, lin = PAPER[cls]
+        g = s[(s.cls == cls) & (s.width == wide)]
+        lines.append(f"| {name} | {order} | {slopes[cls]['hess_init']:+.2f} | "
+                     f"{slopes[cls]['hess_path']:+.2f} | "
+                     f"{float(g.hess_init.iloc[0]):.3g} | Θ(1) | {slopes[cls]['grad_init']:+.2f} | "
+                     f"{float(g.delta_k.iloc[0]):.3g} | {lin} |")
+    lines.append("")
+    lines.append(f"Slopes: least-squares fits of log(value) against log(m) over m = "
+                 f"{', '.join(_fmt(w) for w in sorted(s.width.unique()))}; the paper's orders "
+                 "correspond to slopes -1/2 (O(1/sqrt(m))) and 0 (O(1), Θ(1)).  ‖H‖ and ‖∇f‖ are "
+                 "maxima over the probe inputs; ΔK = ‖K(w_T) - K(w₀)‖_F / ‖K(w₀)‖_F at the end of "
+                 "training.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(metrics: pd.DataFrame, out_dir, cfg) -> None:
+    s = summary(metrics)
+    md = table_markdown(metrics)
+    (Path(out_dir) / f"{cfg.id}.md").write_text(f"# {cfg.title} ({cfg.scale} scale)\n\n" + md)
+    fig = plotting.plt.figure(figsize=(11, 6.4))
+    grid = fig.add_gridspec(2, 2, height_ratios=[2.2, 1])
+    ax_h, ax_g = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+    for cls in [c for c in CLASSES if c in set(s.cls)]:
+        g = s[s.cls == cls]
+        label = PAPER[cls][0] + (f" ($m_b$ = {int(cfg.bottleneck_width)})" if cls == "bottleneck" else "")
+        if cls == "nonlinear":
+            label += f" ({cfg.nonlinear_output})"
+        ax_h.plot(g.width, g.hess_init, "o-", color=COLORS[cls], ms=4, label=label + r", $w_0$")
+        ax_h.plot(g.width, g.hess_path, "s--", color=COLORS[cls], ms=3, mfc="none", lw=0.8,
+                  label="  max along the GD path")
+        ax_g.plot(g.width, g.grad_init, "o-", color=COLORS[cls], ms=4, label=label)
+    lin = s[s.cls == "linear"]
+    if len(lin) > 1:
+        m = np.asarray(lin.width, float)
+        ax_h.plot(m, float(lin.hess_init.iloc[0]) * np.sqrt(m[0] / m), "k:", lw=1,
+                  label=r"$\propto m^{-1/2}$ (Table 1)")
+    ax_h.set(xscale="log", yscale="log", xlabel="width m", ylabel=r"$\max_x \|H(w; x)\|$",
+             title="Hessian spectral norm of the model (Lanczos on Hessian-vector products)")
+    ax_h.legend(fontsize=6.5)
+    ax_g.set(xscale="log", yscale="log", xlabel="width m", ylabel=r"$\max_x \|\nabla_w f(w_0; x)\|$",
+             title=r"gradient norm $= \sqrt{K(x, x)}$ (NTK: $\Theta(1)$)")
+    ax_g.set_ylim(0.1, 10)
+    ax_g.legend(fontsize=6.5)
+    ax_t = fig.add_subplot(grid[1, :])
+    ax_t.axis("off")
+    rows = [r.strip("|").split("|") for r in md.splitlines()[:2 + len(s.cls.unique())]]
+    header, body = [c.strip() for c in rows[0]], [[c.strip() for c in r] for r in rows[2:]]
+    table = ax_t.table(cellText=body, colLabels=header, loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(6.5)
+    table.scale(1, 1.5)
+    plotting.save(fig, out_dir, cfg.id, f"{cfg.title} ({cfg.scale} scale)")
