@@ -122,22 +122,7 @@ def mlp_features(model: MLP, params, x):
     delta_l[c, i] = d f_c(x_i) / d h^l(x_i), obtained with one VJP per output unit through the
     model's zero `perturbations` (so no parameter Jacobian is formed).
     """
-    variables = {"params": params}
-    pert = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x)["perturbations"])
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), pert)
-
-    def fwd(p):
-        out, state = model.apply({**variables, "perturbations": p}, x, mutable=["intermediates"])
-        return out, state["intermediates"]
-
-    out, vjp_fn, inter = jax.vjp(fwd, zeros, has_aux=True)
-    k = out.shape[-1]
-    eye = jnp.eye(k, dtype=out.dtype)
-    deltas = jax.vmap(lambda e: vjp_fn(jnp.broadcast_to(e, out.shape))[0])(eye)
-    n_layers = model.depth + 1
-    inputs = [inter[f"input_{l}"][0] for l in range(n_layers)]
-    signals = [deltas[f"pre_{l}"] for l in range(n_layers)]
-    return out, inputs, signals
+    return layer_taps(model, params, x)
 
 
 def _layer_coeffs(model: MLP, x_dim: int):
