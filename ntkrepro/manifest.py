@@ -1,28 +1,17 @@
 """What produced a run: code version, packages, devices, precision, seed, time, data provenance."""
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
+from ntkrepro.data import checksum
 
 _PACKAGES = ("ntkrepro", "jax", "jaxlib", "flax", "optax", "hydra-core", "numpy", "scipy", "pandas",
              "matplotlib", "diffrax", "tensorflow-datasets")
 _DATA: list[dict] = []
-
-
-def checksum(*arrays) -> str:
-    """sha256 over the bytes (and shapes/dtypes) of the given arrays."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(np.asarray(a))
-        h.update(f"{a.shape}{a.dtype}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def record_data(name: str, source: str, arrays=(), **extra) -> None:
