@@ -290,7 +290,8 @@ def test_mismatched_input_sizes_raise():
 
 @pytest.mark.parametrize("same", [True, False])
 def test_row_blocked_fold_equals_whole_fold(monkeypatch, same):
-    """`fc` runs the layer fold on blocks of rows for large kernels; it must equal the one-shot fold."""
+    """`fc` runs the layer fold on blocks of rows (on upper-triangular tiles when x2 is None) for
+    large kernels; it must equal the one-shot fold."""
     import importlib
 
     fc_mod = importlib.import_module("ntkrepro.kernels.fc")

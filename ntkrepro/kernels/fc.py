@@ -42,6 +42,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ntkrepro.errors import ConfigError
 from ntkrepro.kernels.activations import (DEFAULT_QUAD_POINTS, MAX_QUAD_POINTS, METHODS,
@@ -224,6 +225,8 @@ def _fc(x1, x2, w_var, b_var, width, *, depth, activation, parameterization, dty
     rows = max(1, ROW_BLOCK_ENTRIES // n2)
     if n1 <= rows:
         return fold(k0)
+    if x2 is None:
+        return _fold_symmetric(fold, k0)
     # Every layer is elementwise on the Gram: run all of them on one block of rows at a time, so
     # the block stays in cache across layers and temporaries are O(block) instead of O(N1 N2).
     pad = -n1 % rows
@@ -238,3 +241,42 @@ def _fc(x1, x2, w_var, b_var, width, *, depth, activation, parameterization, dty
     nngp, ntk, var1, var2 = jax.lax.map(block, (gram, var1))
     return Kernel(nngp=nngp.reshape(-1, n2)[:n1], ntk=ntk.reshape(-1, n2)[:n1],
                   var1=var1.reshape(-1)[:n1], var2=var2[0])
+
+
+def _fold_symmetric(fold, k0: Kernel) -> Kernel:
+    """`fold` over a symmetric Gram (x2 = None): every layer is elementwise and maps a symmetric
+    kernel to a symmetric one, so only the tiles on and above the diagonal are computed (about
+    half the work); the tiles below are their transposes.  Tiles are cache-sized squares."""
+    n = k0.nngp.shape[0]
+    b = max(1, math.isqrt(ROW_BLOCK_ENTRIES))
+    nt = -(-n // b)
+    pad = nt * b - n
+    gram = jnp.pad(k0.nngp, ((0, pad), (0, pad)))
+    var = jnp.pad(k0.var1, (0, pad), constant_values=1.0)
+    iu, ju = np.triu_indices(nt)
+    ii, jj = jnp.asarray(iu, jnp.int32), jnp.asarray(ju, jnp.int32)
+
+    def tile(ij):
+        i, j = ij
+        g = jax.lax.dynamic_slice(gram, (i * b, j * b), (b, b))
+        v1 = jax.lax.dynamic_slice(var, (i * b,), (b,))
+        v2 = jax.lax.dynamic_slice(var, (j * b,), (b,))
+        k = fold(Kernel(nngp=g, ntk=k0.ntk, var1=v1, var2=v2))
+        return k.nngp, jnp.broadcast_to(k.ntk, (b, b)), k.var1
+
+    nngp_t, ntk_t, var_t = jax.lax.map(tile, (ii, jj))
+
+    # Gather (not scatter: several times slower on CPU) the (nt, nt) grid of tiles from the
+    # computed ones and their transposes.
+    grid = np.empty((nt, nt), np.int32)
+    grid[iu, ju] = np.arange(len(iu))
+    grid[ju, iu] = np.arange(len(iu)) + len(iu)
+    grid[iu[iu == ju], iu[iu == ju]] = np.flatnonzero(iu == ju)
+
+    def assemble(t):
+        both = jnp.concatenate([t, jnp.swapaxes(t, 1, 2)])
+        full = jnp.take(both, jnp.asarray(grid.reshape(-1)), axis=0).reshape(nt, nt, b, b)
+        return full.transpose(0, 2, 1, 3).reshape(nt * b, nt * b)[:n, :n]
+
+    var_out = var_t[np.flatnonzero(iu == ju)].reshape(-1)[:n]
+    return Kernel(nngp=assemble(nngp_t), ntk=assemble(ntk_t), var1=var_out, var2=var_out)
