@@ -107,3 +107,19 @@ def test_cntk_equals_stax_up_to_stated_constant(pooling):
     else:
         theirs = _nt_gap_cntk(nt.stax, depth)(x1, x2) * (3 / 2)
     np.testing.assert_allclose(ours, theirs, rtol=1e-9)
+
+
+def test_mlp_flop_floor_is_below_what_mlp_ntk_executes():
+    """The roofline floor of bench case 1 must not overstate the minimum work: XLA's own count of
+    the structured `mlp_ntk` (which does strictly more, e.g. full rather than half Grams) is
+    above it, and within 2x of it."""
+    from ntkrepro.bench.cases import mlp_ntk_flops
+
+    n, n0, width, depth = 16, 50, 64, 3
+    x = jax.random.normal(jax.random.PRNGKey(1), (n, n0))
+    model = make_mlp(width=width, depth=depth, b_var=0.1)
+    params = init_params(model, jax.random.PRNGKey(0), x)
+    cost = jax.jit(lambda p, x: mlp_ntk(model, p, x)).lower(params, x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    floor = mlp_ntk_flops(n, n0, width, depth)
+    assert floor <= cost["flops"] <= 2 * floor

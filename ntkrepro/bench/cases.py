@@ -40,6 +40,7 @@ class Bench:
     n_entries: int  # kernel entries computed (for time per entry)
     impls: list[Impl]
     notes: list[str] = dataclasses.field(default_factory=list)
+    flops: float | None = None  # arithmetic of the cheapest known exact method (roofline floor)
 
     @property
     def goal(self) -> float:
@@ -65,6 +66,31 @@ def _images(name, n, *, offset=0, crop=None):
     if crop:
         x = x[:, :crop, :crop, :]
     return x
+
+
+# ------------------------------------------------------------------------------ FLOP floors
+def mlp_ntk_flops(n: int, n0: int, width: int, depth: int) -> float:
+    """Multiply-adds x 2 that any exact empirical NTK of an n0-width^depth-1 MLP on n inputs
+    (x2 = None) must do: the forward pass, the backpropagated signals of hidden layers 1..L-1
+    (one width x width product each), and the symmetric (half) Grams of every layer's input and
+    signal, Theta = sum_l (A_l A_l^T) * (S_l S_l^T)."""
+    forward = 2 * n * (n0 * width + (depth - 1) * width ** 2 + width)
+    signals = 2 * n * (depth - 1) * width ** 2
+    grams = n * n * (n0 + width + 2 * (depth - 1) * width + width + 1)  # half of 2 n^2 (...)
+    return float(forward + signals + grams)
+
+
+def cnn_ntk_flops(n: int, hw: int, c0: int, channels: int, n_conv: int) -> float:
+    """The same for the 3x3 SAME CNN + flatten readout: forward, the signals into conv layers
+    1..L-1 (a transposed convolution each), the per-example weight gradients of every conv layer
+    (patches^T x signal: as much as its forward convolution) and the symmetric Gram of all
+    per-example gradients.  (Forming pair-wise patch Grams instead costs O(n^2 (HW)^2).)"""
+    conv = 2 * n * hw * (9 * c0 * channels + (n_conv - 1) * 9 * channels ** 2)
+    readout = 2 * n * hw * channels
+    signals = 2 * n * hw * (n_conv - 1) * 9 * channels ** 2
+    n_params = 9 * c0 * channels + (n_conv - 1) * 9 * channels ** 2 + hw * channels
+    gram = n * n * n_params
+    return float(conv + readout + signals + conv + gram)
 
 
 # ------------------------------------------------------------------------------ case 1: MLP eNTK
@@ -105,7 +131,8 @@ def case1(dtype_name: str, size: str) -> Bench:
               f"{n} MNIST inputs",
         notes=["NTK parameterization, sigma_w^2 = 2, sigma_b^2 = 0.1, same parameter values for "
                "both; neural-tangents with vmap_axes=0, trace_axes=(-1,), jitted; x2 = None for "
-               "both (N x N Gram)."])
+               "both (N x N Gram)."],
+        flops=mlp_ntk_flops(n, x.shape[1], width, depth))
 
 
 # ------------------------------------------------------------------------------ case 2: CNN eNTK
@@ -136,8 +163,9 @@ def case2(size: str) -> Bench:
         id="2", case=2, dtype="float32", n_entries=n * n, impls=impls,
         title=f"empirical NTK, CNN 3 x [conv3x3({channels}), relu] + flatten + Dense(1), "
               f"{n} CIFAR-10 inputs {hw}x{hw}x3",
-        notes=["Our Flax ConvNet (ntkrepro/bench/cnn.py) vs the equal stax network with the same "
-               "parameter values (sigma_w^2 = 2, sigma_b^2 = 0.1, NTK parameterization)."])
+        notes=["Our Flax ConvNet (ntkrepro/convnet.py) vs the equal stax network with the same "
+               "parameter values (sigma_w^2 = 2, sigma_b^2 = 0.1, NTK parameterization)."],
+        flops=cnn_ntk_flops(n, hw * hw, x.shape[-1], channels, 3))
 
 
 # ------------------------------------------------------------------------------ case 3: fc NTK

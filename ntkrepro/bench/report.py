@@ -13,7 +13,7 @@ from ntkrepro.bench.cases import GOAL_TEXT
 CSV_FIELDS = ["bench", "case", "title", "implementation", "side", "dtype", "best_s", "reps",
               "first_call_s", "ms_per_entry", "n_entries", "peak_mem_mib", "warmup_peak_mem_mib",
               "mem_method", "ratio_nt_over_ours", "rel_diff_elem", "rel_diff_norm", "goal",
-              "goal_met", "error"]
+              "goal_met", "gflop", "matmul_gflop_s", "floor_s", "max_ratio", "error"]
 
 
 def machine() -> dict:
@@ -119,6 +119,11 @@ def rows_from_results(results: list[dict], memory: dict) -> list[dict]:
                 row["rel_diff_elem"] = nt_best[1].get("rel_diff_elem")
                 row["rel_diff_norm"] = nt_best[1].get("rel_diff_norm")
                 row["goal_met"] = "yes" if row["ratio_nt_over_ours"] >= res["goal"] else "no"
+                if res.get("flops") and res.get("matmul_flop_s"):
+                    # roofline: no exact method beats flops / (this machine's matmul rate)
+                    floor = res["flops"] / res["matmul_flop_s"]
+                    row.update(gflop=res["flops"] / 1e9, matmul_gflop_s=res["matmul_flop_s"] / 1e9,
+                               floor_s=floor, max_ratio=nt_best[1]["best_s"] / floor)
             rows.append(row)
     return rows
 
@@ -151,6 +156,10 @@ def markdown_table(rows) -> str:
         goal = ""
         if r["side"] == "ours":
             goal = f"{r.get('goal_met', 'no')} ({r['goal']})"
+            if r.get("floor_s"):
+                goal += (f"; floor {_fmt_time(r['floor_s'])} = {r['gflop']:.2f} GFLOP at "
+                         f"{r['matmul_gflop_s']:.0f} GFLOP/s: at most {r['max_ratio']:.1f}x "
+                         "possible here")
         lines.append(f"| {r['bench']} | {r['implementation']} | {r['dtype']} | {t} | "
                      f"{_fmt_mem(r.get('peak_mem_mib'))} | {ratio_s} | "
                      f"{_fmt_sci(r.get('rel_diff_elem'))} | {goal} |")
@@ -190,6 +199,11 @@ def markdown(rows, results, info, *, args_text, size, started, load_start, load_
            "warmup_peak_mem_mib).  glibc's MALLOC_MMAP_THRESHOLD_ is set to 128 KiB in those "
            "processes so freed buffers go back to the OS.  tracemalloc cannot see XLA buffers and "
            "jax's memory_stats() is None on CPU.",
+           "- floor (cases 1, 2): the arithmetic of the cheapest known exact method (forward "
+           "pass, backpropagated signals, per-layer Grams; `cases.mlp_ntk_flops`, "
+           "`cases.cnn_ntk_flops`) divided by this process's best dense-matmul rate in the same "
+           "dtype, measured just before the timings.  No implementation can beat it on this "
+           "machine, so nt's best time / floor bounds the reachable speed-up.",
            "- max rel diff: max over entries of |ours - nt| / |nt| after mapping nt to ours' "
            "normalisation; on ours' row: against the fastest nt implementation.  bench.csv also "
            "has max|ours - nt| / max|nt|.",

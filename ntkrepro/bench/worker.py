@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import resource
 import sys
@@ -70,6 +71,22 @@ def _setup(bench_id: str):
     return jax
 
 
+def matmul_rate(dtype: str, n: int = 2048, reps: int = 5) -> float:
+    """This process's best dense matmul throughput (FLOP/s) in `dtype`: the roofline ceiling."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), getattr(jnp, dtype))
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a))
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
 def run_timing(bench_id: str, size: str, reps: int, budget_s: float) -> dict:
     jax = _setup(bench_id)
     from ntkrepro.bench.cases import build, relative_differences
@@ -77,6 +94,9 @@ def run_timing(bench_id: str, size: str, reps: int, budget_s: float) -> dict:
     bench = build(bench_id, size)
     res = {"id": bench.id, "case": bench.case, "title": bench.title, "dtype": bench.dtype,
            "n_entries": bench.n_entries, "goal": bench.goal, "notes": bench.notes, "impls": []}
+    if bench.flops:
+        res["flops"] = bench.flops
+        res["matmul_flop_s"] = matmul_rate(bench.dtype)
     values, first, errors = {}, {}, {}
     for i, impl in enumerate(bench.impls):
         try:
