@@ -1,0 +1,97 @@
+"""Lee et al. 2019 Figs. 1 / S6 (experiments.lee_movement): the training loop and the claims logic."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from ntkrepro.nets import init_params, make_mlp
+
+from experiments.lee_movement import claims, measure, mse, train
+
+
+def _net(width=6, depth=2, out_dim=2):
+    model = make_mlp(width=width, depth=depth, out_dim=out_dim, activation="relu", w_var=2.0, b_var=0.1)
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (5, 3)), np.float64)
+    y = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (5, out_dim)), np.float64)
+    return model, x, y
+
+
+def test_train_is_plain_gradient_descent_and_resumes():
+    """theta_0 + delta after 2 x 3 scanned steps == 6 explicit steps of theta <- theta - lr grad L."""
+    model, x, y = _net()
+    params0 = init_params(model, jax.random.PRNGKey(0), x)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params0)
+    delta, losses, _ = train(model, params0, zeros, x, y, 0.3, 3)
+    delta, losses2, final = train(model, params0, delta, x, y, 0.3, 3)
+
+    def loss(p):
+        return mse(model.apply({"params": p}, x), y)
+
+    p, want = params0, []
+    for _ in range(6):
+        want.append(float(loss(p)))
+        p = jax.tree_util.tree_map(lambda a, g: a - 0.3 * g, p, jax.grad(loss)(p))
+    got = jax.tree_util.tree_map(jnp.add, params0, delta)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(p)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.concatenate([losses, losses2]), want, rtol=1e-10)
+    np.testing.assert_allclose(final, float(loss(p)), rtol=1e-10)
+    # the loss is the mean over examples and output units
+    np.testing.assert_allclose(mse(jnp.ones((5, 2)), jnp.zeros((5, 2))), 0.5)
+
+
+def test_divergence_is_recorded_not_raised():
+    _, x, y = _net()
+    p = dict(depth=2, activation="relu", w_var=2.0, b_var=0.1, steps=40, lr=1e6)
+    rows = pd.DataFrame(measure(p, x, y, 6, jax.random.PRNGKey(0), 5))
+    assert rows[rows.quantity == "diverged"].value.item() == 1.0
+    assert rows[rows.quantity.isin(["weight", "ntk", "nngp"]) & (rows.step == 40)].value.isna().all()
+
+
+def _synthetic_metrics(rates, width_list=(256, 512, 1024, 2048), steps=100):
+    """Changes c n^rate at T (and 0.97 of that at T/2), loss falling 1e-4: what claims() reads."""
+    rows = []
+    for n in width_list:
+        common = dict(panel="p", label="net", width=n, trial=0, steps=steps)
+        for (quantity, layer, role), rate in rates.items():
+            for step, f in ((steps, 1.0), (steps // 2, 0.97)):
+                rows.append(dict(common, quantity=quantity, layer=layer, role=role, step=step,
+                                 value=f * 3.0 * n ** rate))
+        rows += [dict(common, quantity="loss_initial", layer=0, role="loss", step=0, value=1.0),
+                 dict(common, quantity="loss_final", layer=0, role="loss", step=steps, value=1e-4),
+                 dict(common, quantity="diverged", layer=0, role="status", step=steps, value=0.0)]
+    return pd.DataFrame(rows)
+
+
+CFG = OmegaConf.create({
+    "id": "lee-1", "widths": [256, 512, 1024, 2048], "trials": 1, "fit_points": 3,
+    "lr": 1.0, "steps": 100, "w_var": 2.0, "b_var": 0.1,
+    "panels": {"p": {"label": "net", "depth": 2, "activation": "relu", "dataset": "mnist",
+                     "targets": "centered_onehot", "n_train": 8}},
+    "claims": {"sqrt_slope": [-0.65, -0.35], "inverse_slope": [-1.15, -0.85], "kernel_bound_slope": -0.4,
+               "kernel_slope": [-1.25, -0.75], "kernel_growth": 0.1, "loss_ratio": 1e-2}})
+
+
+def test_claims_pass_on_the_paper_rates_and_fail_otherwise():
+    good = {("weight", 1, "input"): -0.5, ("weight", 2, "intermediate"): -1.0,
+            ("weight", 3, "output"): -0.5, ("ntk", 0, "kernel"): -1.0, ("nngp", 0, "kernel"): -0.9}
+    result = claims(_synthetic_metrics(good), CFG)
+    assert len(result) == 3 + 2 * 2 + 2 + 1  # weights, kernel slopes, saturation, loss
+    assert all(c.status == "PASS" for c in result), [c for c in result if c.status != "PASS"]
+    slopes = [c.value for c in result if "W^2" in c.claim]
+    assert math.isclose(slopes[0], -1.0, abs_tol=1e-12)
+    bound = "net: change of NTK Theta-hat is at most O(1/sqrt(n))"
+    closer = "net: change of NTK Theta-hat is closer to O(1/n) than to O(1/sqrt(n))"
+    status = {c.claim: c.status for c in claims(_synthetic_metrics({**good, ("ntk", 0, "kernel"): -0.5}), CFG)}
+    assert status[bound] == "PASS" and status[closer] == "FAIL"  # like 1/sqrt(n): within the bound only
+    status = {c.claim: c.status for c in claims(_synthetic_metrics({**good, ("ntk", 0, "kernel"): -0.3}), CFG)}
+    assert status[bound] == "FAIL" and status[closer] == "FAIL"
+    diverged = _synthetic_metrics(good)
+    diverged.loc[diverged.quantity == "diverged", "value"] = 1.0
+    last = claims(diverged, CFG)[-1]
+    assert last.status == "FAIL" and last.value is not None and math.isnan(last.value)
