@@ -335,11 +335,7 @@ def run(cfg) -> pd.DataFrame:
 # claims
 
 
-def _q(metrics, quantity, **sel):
-    m = metrics[metrics.quantity == quantity]
-    for k, v in sel.items():
-        m = m[m[k] == v]
-    return m
+_q = C.select
 
 
 def _series(metrics, quantity, **sel) -> pd.Series:

@@ -275,11 +275,7 @@ def run(cfg) -> pd.DataFrame:
 # claims
 
 
-def _q(metrics, quantity, **sel):
-    m = metrics[metrics.quantity == quantity]
-    for col, v in sel.items():
-        m = m[m[col] == v]
-    return m
+_q = C.select
 
 
 def _at(metrics, quantity, step, **sel) -> float:

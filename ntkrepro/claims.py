@@ -25,6 +25,15 @@ class Claim:
     reason: str = ""
 
 
+def select(metrics, quantity: str, **columns):
+    """Rows of a tidy metrics frame with ``quantity == quantity`` and each given column equal to
+    its value (e.g. ``select(m, "loss", model="network", split="test")``)."""
+    m = metrics[metrics.quantity == quantity]
+    for col, v in columns.items():
+        m = m[m[col] == v]
+    return m
+
+
 def in_range(claim: str, measure: str, value: float, lo: float, hi: float) -> Claim:
     ok = value is not None and math.isfinite(value) and lo <= value <= hi
     return Claim(claim, measure, _f(value), f"in [{lo:g}, {hi:g}]", PASS if ok else FAIL)
