@@ -36,6 +36,8 @@ import pandas as pd
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
+from experiments.lee_common import record_steps, rmse as _rmse
+
 from ntkrepro import claims as C
 from ntkrepro import data, dynamics, kernels, plotting
 from ntkrepro.convnet import ConvNet
@@ -67,12 +69,6 @@ def learning_rate(cfg) -> float:
     """eta; with `lr_per_width` the standard-parameterization eta_std = eta_0 / n (App. F, Eq. S37)."""
     lr = float(cfg.lr)
     return lr / int(cfg.width) if cfg.get("lr_per_width", False) else lr
-
-
-def record_steps(steps: int, points: int) -> np.ndarray:
-    """0, then about `points` log-spaced step counts up to `steps` (integers, unique)."""
-    grid = np.unique(np.round(np.geomspace(1, steps, max(2, points))).astype(int))
-    return np.concatenate([[0], grid])
 
 
 def _pool(x: np.ndarray, factor: int) -> np.ndarray:
@@ -167,11 +163,6 @@ def _acc(f, y) -> float:
 def _loss(f, y) -> float:
     with np.errstate(all="ignore"):
         return float(0.5 * np.mean(np.sum((np.asarray(f, np.float64) - y) ** 2, axis=-1)))
-
-
-def _rmse(a, b) -> float:
-    with np.errstate(all="ignore"):
-        return float(np.sqrt(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
 
 
 def _train(apply_fn, params0, x_tr, y_tr, x_te, optimizer, loss, steps, weight_idx, desc):

@@ -30,6 +30,8 @@ import optax
 import pandas as pd
 from tqdm.auto import tqdm
 
+from experiments.lee_common import rmse
+
 from ntkrepro import claims as C
 from ntkrepro import data, plotting
 from ntkrepro.dynamics import gradient_descent_mse
@@ -79,8 +81,7 @@ def train_network(apply_fn, params, x, y, lr: float, steps: int):
 
 
 def _rmse(a, b) -> float:
-    with np.errstate(all="ignore"):
-        v = float(np.sqrt(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
+    v = rmse(a, b)
     return v if math.isfinite(v) else math.inf
 
 

@@ -40,6 +40,8 @@ import optax
 import pandas as pd
 from tqdm.auto import tqdm
 
+from experiments.lee_common import record_steps, rmse as _rmse
+
 from ntkrepro import claims as C
 from ntkrepro import data, plotting
 from ntkrepro.dynamics import xent_ode
@@ -79,19 +81,8 @@ def _dtype(cfg):
     return jnp.float64 if cfg.get("train_dtype", "float32") == "float64" else jnp.float32
 
 
-def record_steps(steps: int, n_points: int) -> np.ndarray:
-    """0 and about `n_points` log-spaced step counts up to `steps` (unique integers)."""
-    s = np.unique(np.round(np.geomspace(1, steps, max(2, n_points))).astype(int))
-    return np.concatenate([[0], s])
-
-
 def _chunks(n: int, size: int):
     return [(i, min(n, i + size)) for i in range(0, n, size)]
-
-
-def _rmse(a, b) -> float:
-    with np.errstate(all="ignore"):
-        return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
 
 
 def _loss_acc(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
