@@ -14,12 +14,11 @@ computes the empirical NTK without a parameter Jacobian.
 """
 from __future__ import annotations
 
-import math
 
 import flax.linen as nn
 import jax
 
-from ntkrepro.nets import Dense, activation_fn
+from ntkrepro.nets import Dense, activation_fn, weight_scales
 
 FILTER = (3, 3)
 
@@ -35,19 +34,17 @@ class ConvNTK(nn.Module):
     @nn.compact
     def __call__(self, x):
         c_in = x.shape[-1]
-        fan_in = FILTER[0] * FILTER[1] * c_in
-        ntk = self.parameterization == "ntk"
-        w_std = 1.0 if ntk else math.sqrt(self.w_var / fan_in)
+        w_std, w_mul, b_std, b_mul = weight_scales(FILTER[0] * FILTER[1] * c_in, self.w_var,
+                                                   self.b_var, self.parameterization)
         w = self.param("kernel", nn.initializers.normal(w_std), FILTER + (c_in, self.features),
                        x.dtype)
         y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        if ntk:
-            y = (math.sqrt(self.w_var) / math.sqrt(fan_in)) * y
+        if w_mul != 1.0:
+            y = w_mul * y
         if self.b_var > 0:
-            b_std = 1.0 if ntk else math.sqrt(self.b_var)
             b = self.param("bias", nn.initializers.normal(b_std), (self.features,), x.dtype)
-            y = y + (math.sqrt(self.b_var) * b if ntk else b)
+            y = y + (b_mul * b if b_mul != 1.0 else b)
         return y
 
 

@@ -67,6 +67,16 @@ def layer_coefficients(n_in: int, w_var: float, b_var: float, parameterization: 
     return 1.0, (1.0 if b_var > 0 else 0.0)
 
 
+def weight_scales(fan_in: int, w_var: float, b_var: float, parameterization: str):
+    """(init std of omega, multiplier of omega, init std of beta, multiplier of beta) of a layer
+    h = mult_w * op(x, omega) + mult_b * beta.  NTK (Eq. 1): omega, beta ~ N(0, 1) with
+    multipliers sigma_w / sqrt(fan_in), sigma_b; standard (Eq. S36): omega ~ N(0, sigma_w^2 /
+    fan_in), beta ~ N(0, sigma_b^2), multipliers 1."""
+    if parameterization == "ntk":
+        return 1.0, math.sqrt(w_var) / math.sqrt(fan_in), 1.0, math.sqrt(b_var)
+    return math.sqrt(w_var / fan_in), 1.0, math.sqrt(b_var), 1.0
+
+
 class Dense(nn.Module):
     """One affine layer of Lee et al. Eq. 1 (ntk) or Eq. S36 (standard)."""
 
@@ -78,18 +88,15 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x):
         n_in = x.shape[-1]
-        w_std, b_std = math.sqrt(self.w_var), math.sqrt(self.b_var)
-        if self.parameterization == "ntk":
-            w = self.param("kernel", nn.initializers.normal(1.0), (n_in, self.features), x.dtype)
-            y = (w_std / math.sqrt(n_in)) * (x @ w)
-            if self.b_var > 0:
-                y = y + b_std * self.param("bias", nn.initializers.normal(1.0), (self.features,), x.dtype)
-        else:
-            w = self.param("kernel", nn.initializers.normal(w_std / math.sqrt(n_in)),
-                           (n_in, self.features), x.dtype)
-            y = x @ w
-            if self.b_var > 0:
-                y = y + self.param("bias", nn.initializers.normal(b_std), (self.features,), x.dtype)
+        w_std, w_mul, b_std, b_mul = weight_scales(n_in, self.w_var, self.b_var,
+                                                   self.parameterization)
+        w = self.param("kernel", nn.initializers.normal(w_std), (n_in, self.features), x.dtype)
+        y = x @ w
+        if w_mul != 1.0:
+            y = w_mul * y
+        if self.b_var > 0:
+            b = self.param("bias", nn.initializers.normal(b_std), (self.features,), x.dtype)
+            y = y + (b_mul * b if b_mul != 1.0 else b)
         return y
 
 
