@@ -18,7 +18,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from ntkrepro.nets import Dense, activation_fn, weight_scales
+from ntkrepro.nets import Dense, activation_fn, scale_and_bias, weight_scales
 
 FILTER = (3, 3)
 
@@ -40,12 +40,7 @@ class ConvNTK(nn.Module):
                        x.dtype)
         y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        if w_mul != 1.0:
-            y = w_mul * y
-        if self.b_var > 0:
-            b = self.param("bias", nn.initializers.normal(b_std), (self.features,), x.dtype)
-            y = y + (b_mul * b if b_mul != 1.0 else b)
-        return y
+        return scale_and_bias(self, y, w_mul, b_std, b_mul, self.b_var)
 
 
 class ConvNet(nn.Module):

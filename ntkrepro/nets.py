@@ -77,6 +77,17 @@ def weight_scales(fan_in: int, w_var: float, b_var: float, parameterization: str
     return math.sqrt(w_var / fan_in), 1.0, math.sqrt(b_var), 1.0
 
 
+def scale_and_bias(module: nn.Module, y, w_mul: float, b_std: float, b_mul: float, b_var: float):
+    """The rest of a layer after op(x, omega): y -> w_mul * y + b_mul * beta (beta a parameter
+    "bias" of `module`, present only when b_var > 0)."""
+    if w_mul != 1.0:
+        y = w_mul * y
+    if b_var > 0:
+        b = module.param("bias", nn.initializers.normal(b_std), (y.shape[-1],), y.dtype)
+        y = y + (b_mul * b if b_mul != 1.0 else b)
+    return y
+
+
 class Dense(nn.Module):
     """One affine layer of Lee et al. Eq. 1 (ntk) or Eq. S36 (standard)."""
 
@@ -91,13 +102,7 @@ class Dense(nn.Module):
         w_std, w_mul, b_std, b_mul = weight_scales(n_in, self.w_var, self.b_var,
                                                    self.parameterization)
         w = self.param("kernel", nn.initializers.normal(w_std), (n_in, self.features), x.dtype)
-        y = x @ w
-        if w_mul != 1.0:
-            y = w_mul * y
-        if self.b_var > 0:
-            b = self.param("bias", nn.initializers.normal(b_std), (self.features,), x.dtype)
-            y = y + (b_mul * b if b_mul != 1.0 else b)
-        return y
+        return scale_and_bias(self, x @ w, w_mul, b_std, b_mul, self.b_var)
 
 
 class MLP(nn.Module):
