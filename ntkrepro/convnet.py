@@ -18,7 +18,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from ntkrepro.nets import Dense, activation_fn, scale_and_bias, weight_scales
+from ntkrepro.nets import Dense, activation_fn, layer_coefficients, scale_and_bias, weight_scales
 
 FILTER = (3, 3)
 
@@ -71,12 +71,12 @@ class ConvNet(nn.Module):
     def layer_specs(self, x_shape):
         """The `layers` argument of `layerwise_ntk`: (c_w, c_b, filter_shape) per layer."""
         _, h, w, c_in = x_shape
-        ntk = self.parameterization == "ntk"
-        c_b = self.b_var if ntk else (1.0 if self.b_var > 0 else 0.0)
         specs, c = [], c_in
         for _ in range(self.n_conv):
-            specs.append(((self.w_var / (FILTER[0] * FILTER[1] * c)) if ntk else 1.0, c_b, FILTER))
+            c_w, c_b = layer_coefficients(FILTER[0] * FILTER[1] * c, self.w_var, self.b_var,
+                                          self.parameterization)
+            specs.append((c_w, c_b, FILTER))
             c = self.channels
         fan_in = h * w * c if self.pooling == "flatten" else c
-        specs.append(((self.w_var / fan_in) if ntk else 1.0, c_b, None))
+        specs.append(layer_coefficients(fan_in, self.w_var, self.b_var, self.parameterization) + (None,))
         return tuple(specs)

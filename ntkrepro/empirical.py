@@ -126,7 +126,7 @@ def mlp_features(model: MLP, params, x):
 
 
 def _layer_coeffs(model: MLP, x_dim: int):
-    sizes = (x_dim,) + model.widths
+    sizes = (model.input_fan_in or x_dim,) + model.widths
     return [layer_coefficients(n_in, model.w_var, model.b_var, model.parameterization)
             for n_in in sizes]
 

@@ -57,14 +57,11 @@ def check_parameterization(name: str) -> str:
 
 
 def layer_coefficients(n_in: int, w_var: float, b_var: float, parameterization: str):
-    """(c_w, c_b) with d h / d(weights) Gram = c_w * x x^T and bias Gram = c_b.
-
-    NTK parameterization: c_w = sigma_w^2 / n_in, c_b = sigma_b^2.  Standard: c_w = 1, c_b = 1 (a
-    bias exists only when sigma_b^2 > 0).
-    """
-    if parameterization == "ntk":
-        return w_var / n_in, b_var
-    return 1.0, (1.0 if b_var > 0 else 0.0)
+    """(c_w, c_b) with d h / d(weights) Gram = c_w * x x^T and bias Gram = c_b: the squared
+    multipliers of `weight_scales` (NTK: sigma_w^2 / n_in, sigma_b^2; standard: 1, 1 when a bias
+    exists, i.e. sigma_b^2 > 0)."""
+    _, w_mul, _, b_mul = weight_scales(n_in, w_var, b_var, parameterization)
+    return w_mul ** 2, (b_mul ** 2 if b_var > 0 else 0.0)
 
 
 def weight_scales(fan_in: int, w_var: float, b_var: float, parameterization: str):
@@ -95,11 +92,12 @@ class Dense(nn.Module):
     w_var: float = 1.0
     b_var: float = 0.0
     parameterization: str = "ntk"
+    fan_in: int | None = None  # the n_l of the scale, if not x.shape[-1] (inputs given as coordinates)
 
     @nn.compact
     def __call__(self, x):
         n_in = x.shape[-1]
-        w_std, w_mul, b_std, b_mul = weight_scales(n_in, self.w_var, self.b_var,
+        w_std, w_mul, b_std, b_mul = weight_scales(self.fan_in or n_in, self.w_var, self.b_var,
                                                    self.parameterization)
         w = self.param("kernel", nn.initializers.normal(w_std), (n_in, self.features), x.dtype)
         return scale_and_bias(self, x @ w, w_mul, b_std, b_mul, self.b_var)
@@ -109,6 +107,9 @@ class MLP(nn.Module):
     """L hidden layers of equal (or listed) widths, then a linear readout of `out_dim` units.
 
     `width` may be one int (all hidden layers) or a sequence of `depth` ints (e.g. a bottleneck).
+    `input_fan_in`: the n_0 in the first layer's scale when the inputs are given as coordinates
+    c = x Q in an orthonormal basis Q of their span (x omega = c (Q^T omega), and Q^T omega is again
+    N(0, 1)): the outputs are exactly those of the network on x (Lee et al. Fig. 2 uses this).
     """
 
     width: int | Sequence[int]
@@ -118,6 +119,7 @@ class MLP(nn.Module):
     w_var: float = 2.0
     b_var: float = 0.0
     parameterization: str = "ntk"
+    input_fan_in: int | None = None
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -132,14 +134,15 @@ class MLP(nn.Module):
         sizes = self.widths + (self.out_dim,)
         for l, n in enumerate(sizes):
             self.sow("intermediates", f"input_{l}", h)
-            z = Dense(n, self.w_var, self.b_var, self.parameterization, name=f"dense_{l}")(h)
+            fan_in = self.input_fan_in if l == 0 else None
+            z = Dense(n, self.w_var, self.b_var, self.parameterization, fan_in, name=f"dense_{l}")(h)
             z = self.perturb(f"pre_{l}", z)
             h = phi(z) if l < len(sizes) - 1 else z
         return h
 
 
 def make_mlp(*, width, depth: int, out_dim: int = 1, activation: str = "relu", w_var: float = 2.0,
-             b_var: float = 0.0, parameterization: str = "ntk") -> MLP:
+             b_var: float = 0.0, parameterization: str = "ntk", input_fan_in: int | None = None) -> MLP:
     """Validated constructor: raises `ConfigError` for impossible settings."""
     widths = [width] * depth if isinstance(width, int) else list(width)
     if depth < 1:
@@ -156,7 +159,7 @@ def make_mlp(*, width, depth: int, out_dim: int = 1, activation: str = "relu", w
     check_parameterization(parameterization)
     return MLP(width=width if isinstance(width, int) else tuple(int(w) for w in width), depth=depth,
                out_dim=out_dim, activation=activation, w_var=float(w_var), b_var=float(b_var),
-               parameterization=parameterization)
+               parameterization=parameterization, input_fan_in=input_fan_in)
 
 
 def init_params(model: nn.Module, key, x):
