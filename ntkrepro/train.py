@@ -247,7 +247,8 @@ def _add(a, b):
 @dataclasses.dataclass
 class FitResult:
     state: TrainState
-    steps: list[int]                 # recording points reached, increasing
+    steps: list[int]                 # recording points reached, increasing (unbatched: the step a
+                                     # stopped run stopped at replaces the point it did not reach)
     records: list[Any]               # observe(step, state) at each of them
     losses: np.ndarray               # full training loss at each recording point ((T,) or (T, models))
     stopped: Any                     # `stop` ended the run early (bool, or one per model)
@@ -257,7 +258,7 @@ class FitResult:
 def fit(trainer: Trainer, params0, x, y, *, steps: int, record_at=(), observe: Callable | None = None,
         seed: int = 0, lr=None, batched: bool = False, shared_params: bool = False,
         state: TrainState | None = None, stop: Callable | None = None,
-        on_record: Callable | None = None, track_loss: bool = True) -> FitResult:
+        on_record: Callable | None = None, track_loss: bool = True, loss0=None) -> FitResult:
     """Train `steps` steps (from `state` if given, else from `params0`), pausing at every step in
     `record_at` and at `steps` to call ``observe(step, state)`` (its results are kept in
     `FitResult.records`) and ``on_record(step, state)`` (e.g. to save a checkpoint).  A run resumed
@@ -267,7 +268,8 @@ def fit(trainer: Trainer, params0, x, y, *, steps: int, record_at=(), observe: C
         (unless `shared_params`: every model starts from the same theta_0), and/or `lr` is a vector
         with one learning rate per model.
     stop: ``stop(loss, loss0) -> bool`` checked at every step on the loss at the current parameters
-        (loss0: the full training loss at step 0); a model that meets it stops there
+        (loss0: the full training loss at step 0, computed here unless given, as a run resumed
+        from a saved state must); a model that meets it stops there
         (e.g. ``lambda l, l0: ~jnp.isfinite(l) | (l <= 1e-6 * l0)``); the run ends when all have.
     Full batch when ``trainer.batch_size`` is None or covers the data, else minibatches
     ``batch_schedule(len(x), batch_size, steps, seed)`` indexed by the step counter.
@@ -280,7 +282,8 @@ def fit(trainer: Trainer, params0, x, y, *, steps: int, record_at=(), observe: C
     resumed_at = -1 if state is None else int(np.max(np.asarray(state.step)))
     if state is None:
         state = init(params0, lr)
-    loss0 = loss(state, x, y) if stop is not None else None
+    if stop is not None and loss0 is None:
+        loss0 = loss(state, x, y)
     records, losses, reached = [], [], []
     stopped = np.zeros(np.shape(state.step), bool)
     for target in record:
@@ -290,13 +293,14 @@ def fit(trainer: Trainer, params0, x, y, *, steps: int, record_at=(), observe: C
         if target > current:
             state, done = advance(state, x, y, jnp.asarray(target - current, jnp.int32), schedule, loss0)
             stopped = stopped | np.asarray(done)
-        reached.append(target)
+        at = target if batched else int(state.step)   # a stopped model is where it stopped
+        reached.append(at)
         if track_loss:
             losses.append(np.asarray(loss(state, x, y), np.float64))
         if observe is not None:
-            records.append(observe(target, state))
+            records.append(observe(at, state))
         if on_record is not None:
-            on_record(target, state)
+            on_record(at, state)
         if stop is not None and np.all(stopped):
             break
     loss_arr = np.asarray(losses, np.float64)
