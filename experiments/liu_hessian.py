@@ -7,19 +7,21 @@ Table 1 of the paper (Sec. 4) lists orders, not measurements:
     nonlinear output layer  O~(1)            Theta(1)  no
     bottleneck              O~(1)            Theta(1)  no
 
-Here each class is trained by gradient descent on the synthetic task of `experiments.liu_common`
-(scalar output: the paper's H(w; x) = d^2 f(w; x) / dw^2 is for one input of a scalar model), and at
-initialization and at checkpoints along the training path we measure, for a few training inputs x,
+Here each class is trained by gradient descent on the synthetic task of liu-1
+(`conf/task/liu_teacher.yaml` with a scalar output: the paper's H(w; x) = d^2 f(w; x) / dw^2 is for one
+input of a scalar model), as in liu-1 (normalised step `ntkrepro.outputs.normalized_lr`, stopped at
+L(w_t) <= tol L(w_0)), and at initialization and at checkpoints along the training path we measure,
+for a few training inputs x,
 
 * ||H(w; x)|| by Lanczos on Hessian-vector products (`ntkrepro.hessian`; H is never formed),
 * ||grad_w f(w; x)|| = sqrt(K(x, x)) (Eq. 6: the NTK's Theta(1)), from the diagonal of the tangent
-  kernel (`experiments.liu_common.tangent_kernel`, no Jacobian; equal to `ntkrepro.hessian.gradient_norm`),
+  kernel (`ntkrepro.outputs.tangent_kernel`, no Jacobian; equal to `ntkrepro.hessian.gradient_norm`),
 
 and report per width the maximum over the inputs (at w_0, and over the whole path), plus the final
 relative kernel change Delta K of the model.  Fitted log-log slopes against m are compared with the
 table's orders (-1/2 for the linear output, 0 otherwise; 0 for the gradient norm).
 
-Model classes (all NTK parameterization, tanh hidden units):
+Model classes (all NTK parameterization with N(0, 1) parameters, tanh hidden units):
 
 * ``linear``:     one hidden layer of width m, linear scalar output f (Eq. 4 / Eq. 7);
 * ``nonlinear``:  the same f through phi = `nonlinear_output` (softplus by default):
@@ -34,18 +36,17 @@ import math
 import warnings
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import plotting
+from ntkrepro import models, plotting, precision, tasks, train
 from ntkrepro.errors import ConfigError
-from ntkrepro.hessian import HessianConvergenceWarning, hessian_spectral_norm
-from ntkrepro.nets import make_mlp
-
-from experiments.liu_common import (check_output, compose, init_network, learning_rate, rel_change,
-                                    synthetic_task, tangent_kernel, train)
+from ntkrepro.hessian import HessianConvergenceWarning, hessian_spectral_norms
+from ntkrepro.outputs import (OutputModel, check_output, lambda_max, normalized_lr, output_fn, rel_change,
+                              tangent_kernel)
 
 CLASSES = ("linear", "nonlinear", "bottleneck")
 PAPER = {  # Table 1
@@ -56,73 +57,76 @@ PAPER = {  # Table 1
 COLORS = {"linear": "tab:blue", "nonlinear": "tab:red", "bottleneck": "tab:green"}
 
 
-def _model(cfg, cls: str, width: int):
-    kw = dict(out_dim=1, activation=cfg.activation, w_var=cfg.w_var, b_var=cfg.b_var,
-              parameterization=cfg.parameterization)
+def _model(cfg, cls: str, width: int) -> tuple[OutputModel, tuple]:
+    """The model f~ of a class at width m, and the sizes that tag its initialization."""
     if cls == "bottleneck":
         mb = int(cfg.bottleneck_width)
         if mb < 1:
             raise ConfigError(f"bottleneck_width must be a positive integer, got {mb}")
-        return make_mlp(width=[width, mb, width], depth=3, **kw), "linear", (width, mb)
+        return OutputModel(models.from_config(cfg, width=(width, mb, width), depth=3, out_dim=1)), (width, mb)
     output = "linear" if cls == "linear" else check_output(cfg.nonlinear_output)
-    return make_mlp(width=width, depth=1, **kw), output, (width,)
+    return OutputModel(models.from_config(cfg, width=width, depth=1, out_dim=1), output), (width,)
 
 
-def _hessian_norms(f, params, x_probe, cfg) -> tuple[list[float], int]:
-    """||H(w; x)|| for each probe input (Lanczos), and how many runs missed the tolerance."""
-    hess, unconverged = [], 0
-    for i in range(len(x_probe)):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", HessianConvergenceWarning)
-            hess.append(hessian_spectral_norm(f, params, x_probe[i:i + 1], num_iters=int(cfg.lanczos_iters),
-                                              tol=float(cfg.lanczos_tol),
-                                              reorthogonalize=bool(cfg.reorthogonalize)))
-        unconverged += sum(issubclass(w.category, HessianConvergenceWarning) for w in caught)
-    return hess, unconverged
+def _norms(f: OutputModel, params, x, n_probe: int, cfg, **columns) -> list[dict]:
+    """||H(w; x)|| (Lanczos; with how many runs missed the tolerance) and ||grad_w f~(w; x)|| per probe."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", HessianConvergenceWarning)
+        hess = hessian_spectral_norms(f, params, x[:n_probe], num_iters=int(cfg.lanczos_iters),
+                                      tol=float(cfg.lanczos_tol), reorthogonalize=bool(cfg.reorthogonalize))
+    bad = sum(issubclass(w.category, HessianConvergenceWarning) for w in caught)
+    # ||grad_w f~(w; x)||^2 = K~(x, x) (Eq. 6): the diagonal of the structured tangent kernel
+    grad = np.sqrt(np.diag(np.asarray(tangent_kernel(f.spec, params, x, f.output))[:, :, 0, 0]))[:n_probe]
+    rows = []
+    for i, (h, g) in enumerate(zip(hess, grad)):
+        rows.append(dict(quantity="hessian_norm", value=h, probe=i, lanczos_unconverged=bad, **columns))
+        rows.append(dict(quantity="grad_norm", value=g, probe=i, **columns))
+    return rows
+
+
+def _train_and_probe(f: OutputModel, p0, x, t, cfg, common: dict) -> list[dict]:
+    """Gradient descent from p0; the norms at `hessian_steps` and at the end, then Delta K."""
+    n_probe, tol = int(cfg.n_probe), float(cfg.tol)
+    kf0 = tangent_kernel(f.spec, p0, x)
+    k0 = kf0 if f.output == "linear" else tangent_kernel(f.spec, p0, x, f.output)
+    trainer = train.Trainer(f, loss="mse", lr=normalized_lr(cfg.lr, len(x), lambda_max(kf0), f.output))
+    y = output_fn(f.output)(t)
+    rows, last = [], {}
+
+    def observe(step, state):
+        if not math.isfinite(float(trainer.loss(state, x, y))):
+            return  # diverged: nothing to measure
+        last.update(step=step, params=trainer.params(state))
+        rows.extend(_norms(f, last["params"], x, n_probe, cfg, step=step, **common))
+
+    res = train.fit(trainer, p0, x, y, steps=int(cfg.steps) if cfg.get("train", True) else 0,
+                    record_at=[int(s) for s in cfg.hessian_steps], observe=observe,
+                    stop=lambda loss, loss0: ~jnp.isfinite(loss) | (loss <= tol * loss0))
+    loss0, loss_final = float(train.LOSSES["mse"](f(p0, x), y)), float(res.losses[-1])
+    dk = rel_change(tangent_kernel(f.spec, last["params"], x, f.output), k0) if last else math.nan
+    rows.append(dict(quantity="delta_k", value=dk, step=last.get("step", 0), loss0=loss0,
+                     loss_ratio=loss_final / loss0, converged=int(loss_final <= tol * loss0),
+                     diverged=int(res.diverged), **common))
+    return rows
 
 
 def run(cfg) -> pd.DataFrame:
-    task = synthetic_task(cfg, out_dim=1)
-    x = task.x
-    n_probe = int(cfg.n_probe)
-    if not 1 <= n_probe <= x.shape[0]:
-        raise ConfigError(f"n_probe must be between 1 and n_train={x.shape[0]}, got {n_probe}")
-    probes = x[:n_probe]
-    classes = list(cfg.classes)
-    for cls in classes:
+    dtype = precision.train_dtype(cfg)
+    task = tasks.load(cfg.task, cfg.data, seed=int(cfg.seed), name="teacher")
+    x, t = jnp.asarray(task.x_train, dtype), jnp.asarray(task.y_train, dtype)
+    if task.out_dim != 1:
+        raise ConfigError(f"Table 1's Hessian is that of a scalar model: set task.out_dim=1, "
+                          f"got {task.out_dim}")
+    if not 1 <= int(cfg.n_probe) <= len(x):
+        raise ConfigError(f"n_probe must be between 1 and n_train={len(x)}, got {cfg.n_probe}")
+    for cls in cfg.classes:
         if cls not in CLASSES:
             raise ConfigError(f"unknown model class '{cls}'; choose from {', '.join(CLASSES)}")
     rows = []
-    jobs = [(c, int(m)) for c in classes for m in cfg.widths]
-    for cls, width in tqdm(jobs, desc=cfg.id, disable=None):
-        model, output, tags = _model(cfg, cls, width)
-        p0 = init_network(model, cfg.seed, x, *tags)
-        f = compose(model, output)              # one function object per model: one compilation
-        kf0 = tangent_kernel(model, p0, x, "linear")
-        k0 = kf0 if output == "linear" else tangent_kernel(model, p0, x, output)
-        common = dict(cls=cls, output=output, width=width)
-        last = {}
-
-        def on_checkpoint(step, params, loss):
-            if not math.isfinite(loss):
-                return
-            hess, bad = _hessian_norms(f, params, probes, cfg)
-            # ||grad_w f~(w; x)||^2 = K~(x, x) (Eq. 6): the diagonal of the structured tangent kernel
-            kern = np.asarray(tangent_kernel(model, params, x, output))[:, :, 0, 0]
-            grad = np.sqrt(np.diag(kern))[:n_probe]
-            for i, (h, g) in enumerate(zip(hess, grad)):
-                rows.append(dict(quantity="hessian_norm", value=h, step=step, probe=i,
-                                 lanczos_unconverged=bad, **common))
-                rows.append(dict(quantity="grad_norm", value=g, step=step, probe=i, **common))
-            last.update(step=step, params=params)
-
-        res = train(f, p0, x, task.targets(output), eta=learning_rate(cfg.lr, x.shape[0], kf0, output),
-                    max_steps=int(cfg.steps) if cfg.get("train", True) else 0, tol=float(cfg.tol),
-                    checkpoints={int(s) for s in cfg.hessian_steps}, on_checkpoint=on_checkpoint)
-        dk = rel_change(tangent_kernel(model, last["params"], x, output), k0) if last else math.nan
-        rows.append(dict(quantity="delta_k", value=dk, step=last.get("step", 0), loss0=res.loss0,
-                         loss_ratio=res.loss_final / res.loss0, converged=int(res.converged),
-                         diverged=int(res.diverged), **common))
+    for cls, width in tqdm([(c, int(m)) for c in cfg.classes for m in cfg.widths], desc=cfg.id, disable=None):
+        f, tags = _model(cfg, cls, width)
+        p0 = f.spec.init_normal(np.random.default_rng([int(cfg.seed), *tags]), x, dtype)
+        rows += _train_and_probe(f, p0, x, t, cfg, dict(cls=cls, output=f.output, width=width))
     return pd.DataFrame(rows)
 
 

@@ -1,11 +1,20 @@
 """Liu, Zhu & Belkin 2020, Figures 1 and 2: when does the tangent kernel stay constant in training?
 
 Measured quantity (Sec. 6):  Delta K = sup_t ||K(w_t) - K(w_0)||_F / ||K(w_0)||_F  over a gradient
-descent run on a synthetic regression task until the loss has converged (`experiments.liu_common`:
-the task, the output maps, the tangent kernel J_phi K_f J_phi^T, the training loop).  The sup is
-taken over a geometric grid of checkpoints (plus the final step); K is the (N k) x (N k) tangent
-kernel of the model actually trained, computed layer by layer (`ntkrepro.empirical.mlp_ntk`), never
-from a Jacobian, so widths of 10^6 fit in memory.
+descent run until the loss has converged, on the synthetic regression task `conf/task/liu_teacher.yaml`
+(their App. C is not available: x on a sphere, targets y = phi(t(x)) for a smooth teacher t pushed
+through each model's own output map phi, so every model class can fit them with finite weights and
+gradient descent can converge, as Theorem 5.1 requires).  The sup is taken over a geometric grid of
+checkpoints (plus the final step); K is the (N k) x (N k) tangent kernel J_phi K_f J_phi^T of the
+model actually trained (`ntkrepro.outputs.tangent_kernel`), computed layer by layer, never from a
+Jacobian, so widths of 10^6 fit in memory.
+
+Models (Eq. 11): f an MLP in NTK parameterization with N(0, 1) parameters (`ModelSpec.init_normal`,
+numpy default_rng([seed, *sizes, trial])), and f~ = phi(f) (`ntkrepro.outputs.OutputModel`).
+Training: full-batch gradient descent on the example-averaged square loss (Thm. 5.1) with the step
+eta = lr N / (L_phi^2 lambda_max(K_f(w_0))) (`ntkrepro.outputs.normalized_lr`: lr < 2 is stable for
+every output map and width), stopped when L(w_t) <= tol L(w_0) ("converged"), at a non-finite loss
+(recorded as diverged) or after `steps`.
 
 * ``view: width`` (Figure 1): one hidden layer, NTK parameterization (Sec. 3.1, Remark 3.1), the same
   network f with a linear output, and f~ = softmax(f), f~ = swish(f) (Eq. 11), all from the same w_0.
@@ -21,86 +30,75 @@ from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import plotting
+from ntkrepro import models, plotting, precision, tasks, train
 from ntkrepro.errors import ConfigError
-from ntkrepro.nets import make_mlp
-
-from experiments.liu_common import (check_output, checkpoint_steps, compose, init_network,
-                                    learning_rate,
-                                    rel_change, synthetic_task, tangent_kernel, train)
+from ntkrepro.outputs import (OutputModel, check_output, lambda_max, normalized_lr, output_fn, rel_change,
+                              tangent_kernel)
 
 LABELS = {"linear": "linear output $f$", "softmax": r"softmax output $\tilde f$",
           "swish": r"swish output $\tilde f$", "softplus": r"softplus output $\tilde f$"}
 COLORS = {"linear": "tab:blue", "softmax": "tab:red", "swish": "tab:orange", "softplus": "tab:purple"}
 
 
-def _net(cfg, width, depth, out_dim):
-    return make_mlp(width=width, depth=depth, out_dim=out_dim, activation=cfg.activation,
-                    w_var=cfg.w_var, b_var=cfg.b_var, parameterization=cfg.parameterization)
+def _networks(cfg, k: int) -> list[tuple]:
+    """(spec, init tags, row columns) per network: widths m (Fig. 1) or bottleneck widths m_b (Fig. 2)."""
+    trials = range(int(cfg.get("trials", 1)))
+    if cfg.view == "width":
+        return [(models.from_config(cfg, width=int(m), out_dim=k), (int(m), tr),
+                 dict(width=int(m), trial=tr)) for m in cfg.widths for tr in trials]
+    if cfg.view == "bottleneck":
+        m = int(cfg.width)
+        return [(models.from_config(cfg, width=(m, int(mb), m), out_dim=k), (m, int(mb), tr),
+                 dict(width=m, trial=tr, bottleneck_width=int(mb)))
+                for mb in cfg.bottleneck_widths for tr in trials]
+    raise ConfigError(f"unknown view '{cfg.view}' for {cfg.id}; use 'width' or 'bottleneck'")
 
 
-def fit_and_track(model, p0, task, output: str, cfg, kf0=None) -> tuple[list[dict], dict]:
+def fit_and_track(spec, p0, x, t, output: str, cfg, kf0) -> tuple[list[dict], dict]:
     """Train phi(f) by gradient descent from p0; Delta K(t) at the checkpoints and a summary."""
-    x, y = task.x, task.targets(output)
-    kf0 = tangent_kernel(model, p0, x, "linear") if kf0 is None else kf0
-    k0 = kf0 if output == "linear" else tangent_kernel(model, p0, x, output)
-    eta = learning_rate(cfg.lr, x.shape[0], kf0, output)
-    trace: list[dict] = []
-
-    def on_checkpoint(step, params, loss):
-        dk = rel_change(tangent_kernel(model, params, x, output), k0) if math.isfinite(loss) else math.nan
-        trace.append(dict(step=step, delta_k=dk, loss=loss))
-
-    res = train(compose(model, output), p0, x, y, eta=eta, max_steps=int(cfg.steps), tol=float(cfg.tol),
-                checkpoints=checkpoint_steps(int(cfg.steps), int(cfg.kernel_points)),
-                on_checkpoint=on_checkpoint)
+    k0 = kf0 if output == "linear" else tangent_kernel(spec, p0, x, output)
+    eta = normalized_lr(cfg.lr, len(x), lambda_max(kf0), output)
+    trainer = train.Trainer(OutputModel(spec, output), loss="mse", lr=eta)
+    tol, steps = float(cfg.tol), int(cfg.steps)
+    res = train.fit(trainer, p0, x, output_fn(output)(t), steps=steps,
+                    record_at=train.log_steps(steps, int(cfg.kernel_points)),
+                    observe=lambda _, st: rel_change(tangent_kernel(spec, trainer.params(st), x, output), k0),
+                    stop=lambda loss, loss0: ~jnp.isfinite(loss) | (loss <= tol * loss0))
+    trace = [dict(step=step, delta_k=dk if math.isfinite(loss) else math.nan, loss=loss)
+             for step, dk, loss in zip(res.steps, res.records, res.losses.tolist())]
+    loss0, loss_final = trace[0]["loss"], trace[-1]["loss"]
     finite = [r["delta_k"] for r in trace if math.isfinite(r["delta_k"])]
-    summary = dict(delta_k=max(finite) if finite else math.nan, loss0=res.loss0,
-                   loss_final=res.loss_final, loss_ratio=res.loss_final / res.loss0,
-                   final_step=res.final_step, converged=int(res.converged), diverged=int(res.diverged),
-                   eta=eta)
+    summary = dict(delta_k=max(finite) if finite else math.nan, loss0=loss0, loss_final=loss_final,
+                   loss_ratio=loss_final / loss0, final_step=trace[-1]["step"],
+                   converged=int(math.isfinite(loss_final) and loss_final <= tol * loss0),
+                   diverged=int(res.diverged), eta=eta)
     return trace, summary
 
 
 def run(cfg) -> pd.DataFrame:
-    task = synthetic_task(cfg)
-    k = task.t.shape[1]
-    if cfg.view == "width":
-        outputs = [check_output(o) for o in cfg.outputs]
-        jobs = [(int(m), None) for m in cfg.widths]
-    elif cfg.view == "bottleneck":
-        outputs = ["linear"]
-        jobs = [(int(cfg.width), int(mb)) for mb in cfg.bottleneck_widths]
-    else:
-        raise ConfigError(f"unknown view '{cfg.view}' for {cfg.id}; use 'width' or 'bottleneck'")
-    trials = int(cfg.get("trials", 1))
+    dtype = precision.train_dtype(cfg)
+    task = tasks.load(cfg.task, cfg.data, seed=int(cfg.seed), name="teacher")
+    x, t = jnp.asarray(task.x_train, dtype), jnp.asarray(task.y_train, dtype)
+    outputs = [check_output(o) for o in cfg.outputs] if cfg.view == "width" else ["linear"]
+    networks = _networks(cfg, task.out_dim)
     rows = []
-    bar = tqdm(total=len(jobs) * len(outputs) * trials, desc=cfg.id, disable=None)
-    for (width, mb), trial in [(job, tr) for job in jobs for tr in range(trials)]:
-        if mb is None:
-            model, tags = _net(cfg, width, int(cfg.depth), k), (width, trial)
-        else:
-            if int(cfg.depth) != 3:
-                raise ConfigError(f"the bottleneck figure needs depth 3, got {cfg.depth}; "
-                                  "set figure.paper.depth=3")
-            model, tags = _net(cfg, [width, mb, width], 3, k), (width, mb, trial)
-        p0 = init_network(model, cfg.seed, task.x, *tags)
-        kf0 = tangent_kernel(model, p0, task.x, "linear")
+    bar = tqdm(total=len(networks) * len(outputs), desc=cfg.id, disable=None)
+    for spec, tags, common in networks:
+        p0 = spec.init_normal(np.random.default_rng([int(cfg.seed), *tags]), x, dtype)
+        kf0 = tangent_kernel(spec, p0, x)
         for output in outputs:
-            bar.set_postfix(width=width, bottleneck=mb, trial=trial, output=output)
-            trace, summary = fit_and_track(model, p0, task, output, cfg, kf0)
-            common = dict(output=output, width=width, trial=trial)
-            if mb is not None:
-                common["bottleneck_width"] = mb
-            rows.append(dict(quantity="delta_k", value=summary.pop("delta_k"), **common, **summary))
-            for r in trace:
-                rows.append(dict(quantity="delta_k_t", value=r["delta_k"], step=r["step"], loss=r["loss"],
-                                 **common))
+            bar.set_postfix(**common, output=output)
+            trace, summary = fit_and_track(spec, p0, x, t, output, cfg, kf0)
+            rows.append(dict(quantity="delta_k", value=summary.pop("delta_k"), output=output, **common,
+                             **summary))
+            rows += [dict(quantity="delta_k_t", value=r["delta_k"], step=r["step"], loss=r["loss"],
+                          output=output, **common) for r in trace]
             bar.update()
     bar.close()
     return pd.DataFrame(rows)

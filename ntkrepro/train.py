@@ -21,7 +21,10 @@ a vector of learning rates) and saved / restored between recording points (`fit(
 resumes; the minibatch order is a function of (seed, step), so a resumed run sees the same batches).
 
 Compilation.  The steps between two recording points run in one jitted ``lax.fori_loop`` whose trip
-count is a traced integer, so every segment length shares one compilation.
+count is a traced integer, so every segment length shares one compilation.  ``fit(...,
+host_loop=True)`` runs them instead as a Python loop over one jitted step (same arithmetic, same
+minibatches): for convolutional networks on CPU, where XLA compiles the weight-gradient convolutions
+inside a loop body to a slow generic kernel (measured ~25x slower than the same step jitted alone).
 
 Losses (`LOSSES`; the paper writes the total loss, Eq. 2, and plots the average, footnote 6)::
 
@@ -37,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from functools import cached_property
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +90,15 @@ def rmse(a, b) -> float:
     """Root mean squared difference in float64 (NaN when either side diverged)."""
     with np.errstate(all="ignore"):
         return float(np.sqrt(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
+
+
+def accuracy(logits, labels) -> np.ndarray:
+    """Share of argmax hits over the examples axis of logits (..., N, k) against labels (N,); an
+    example with a non-finite logit counts as wrong (a diverged model scores, it does not crash)."""
+    logits = np.asarray(logits, np.float64)
+    ok = np.all(np.isfinite(logits), axis=-1)
+    pred = np.argmax(np.where(np.isfinite(logits), logits, -np.inf), axis=-1)
+    return np.mean((pred == np.asarray(labels)) & ok, axis=-1)
 
 
 def tree_finite(tree) -> bool:
@@ -145,6 +157,12 @@ class Trainer:
         self.batch_size = None if batch_size is None else int(batch_size)
         self.linearized = bool(linearized)
         self.delta = bool(delta) or self.linearized
+
+    def linearization(self) -> "Trainer":
+        """A trainer of this model's linearization f_lin (Eq. 5): the same loss, optimizer, learning
+        rate, momentum and batch size (so `fit` with the same seed sees the same minibatches)."""
+        return Trainer(self.apply_fn, loss=self.loss_fn, lr=self.lr, momentum=self.momentum,
+                       optimizer=self.optimizer, batch_size=self.batch_size, linearized=True)
 
     # -- the model being trained --------------------------------------------------------------
     def model_output(self, params0, variable, x):
@@ -258,7 +276,8 @@ class FitResult:
 def fit(trainer: Trainer, params0, x, y, *, steps: int, record_at=(), observe: Callable | None = None,
         seed: int = 0, lr=None, batched: bool = False, shared_params: bool = False,
         state: TrainState | None = None, stop: Callable | None = None,
-        on_record: Callable | None = None, track_loss: bool = True, loss0=None) -> FitResult:
+        on_record: Callable | None = None, track_loss: bool = True, loss0=None,
+        host_loop: bool = False) -> FitResult:
     """Train `steps` steps (from `state` if given, else from `params0`), pausing at every step in
     `record_at` and at `steps` to call ``observe(step, state)`` (its results are kept in
     `FitResult.records`) and ``on_record(step, state)`` (e.g. to save a checkpoint).  A run resumed
@@ -273,12 +292,13 @@ def fit(trainer: Trainer, params0, x, y, *, steps: int, record_at=(), observe: C
         (e.g. ``lambda l, l0: ~jnp.isfinite(l) | (l <= 1e-6 * l0)``); the run ends when all have.
     Full batch when ``trainer.batch_size`` is None or covers the data, else minibatches
     ``batch_schedule(len(x), batch_size, steps, seed)`` indexed by the step counter.
+    host_loop: step from Python, one jitted step at a time (see the module docstring; unbatched only).
     """
     record = sorted({int(s) for s in record_at if 0 <= int(s) <= steps} | {int(steps)})
     schedule = None
     if trainer.batch_size is not None and trainer.batch_size < len(x):
         schedule = jnp.asarray(batch_schedule(len(x), trainer.batch_size, steps, seed))
-    init, advance, loss = _programs(trainer, batched, shared_params, lr, stop)
+    init, advance, loss = _programs(trainer, batched, shared_params, lr, stop, host_loop)
     resumed_at = -1 if state is None else int(np.max(np.asarray(state.step)))
     if state is None:
         state = init(params0, lr)
@@ -294,6 +314,8 @@ def fit(trainer: Trainer, params0, x, y, *, steps: int, record_at=(), observe: C
             state, done = advance(state, x, y, jnp.asarray(target - current, jnp.int32), schedule, loss0)
             stopped = stopped | np.asarray(done)
         at = target if batched else int(state.step)   # a stopped model is where it stopped
+        if reached and at == reached[-1]:               # it stopped exactly at the last point
+            break
         reached.append(at)
         if track_loss:
             losses.append(np.asarray(loss(state, x, y), np.float64))
@@ -312,7 +334,7 @@ def fit(trainer: Trainer, params0, x, y, *, steps: int, record_at=(), observe: C
     return FitResult(state, reached, records, loss_arr, stopped, diverged)
 
 
-def _programs(trainer: Trainer, batched: bool, shared_params: bool, lr, stop):
+def _programs(trainer: Trainer, batched: bool, shared_params: bool, lr, stop, host_loop: bool = False):
     """Jitted (init, advance, loss) for one model or a vmapped batch of models."""
     def advance(state, x, y, n, schedule, loss0):
         return trainer.advance_fn(state, x, y, n, schedule, stop, loss0)
@@ -320,6 +342,10 @@ def _programs(trainer: Trainer, batched: bool, shared_params: bool, lr, stop):
     def loss(state, x, y):
         return trainer._objective(state.params0, state.variable, x, y)
 
+    if host_loop:
+        if batched:
+            raise ConfigError("host_loop trains one model at a time; use batched=False")
+        return jax.jit(trainer.init), _host_advance(trainer, stop), jax.jit(loss)
     if not batched:
         return jax.jit(trainer.init), jax.jit(advance), jax.jit(loss)
     p_axis = None if shared_params else 0
@@ -331,9 +357,78 @@ def _programs(trainer: Trainer, batched: bool, shared_params: bool, lr, stop):
     return init, vadvance, jax.jit(jax.vmap(loss, in_axes=(0, None, None)))
 
 
+def _host_advance(trainer: Trainer, stop):
+    """`advance` as a Python loop over one jitted step (no compiled loop around the step)."""
+    def one(state, x, y, schedule, loss0):
+        if schedule is None:
+            xb, yb = x, y
+        else:
+            idx = schedule[jnp.minimum(state.step, schedule.shape[0] - 1)]
+            xb, yb = x[idx], y[idx]
+        value, new = trainer.step_fn(state, xb, yb)
+        if stop is None:
+            return new, jnp.asarray(False)
+        done = stop(value, loss0)
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), state, new), done
+
+    one = jax.jit(one)
+
+    def advance(state, x, y, n, schedule, loss0):
+        done = jnp.asarray(False)
+        for _ in range(int(n)):
+            state, done = one(state, x, y, schedule, loss0)
+            if stop is not None and bool(done):
+                break
+        return state, done
+
+    return advance
+
+
 def _finite_models(tree, batched: bool):
     """Per model (leading axis when batched): every entry of every leaf is finite."""
     leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
     if not batched:
         return np.bool_(all(np.all(np.isfinite(a)) for a in leaves))
     return np.all([np.isfinite(a).reshape(a.shape[0], -1).all(axis=1) for a in leaves], axis=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# several models side by side (a network beside its linearization)
+
+
+def output_observer(trainer: Trainer, inputs: Mapping[str, Any], chunk: int | None = None) -> Callable:
+    """An observer for `fit`: ``observe(step, state) -> {name: outputs}`` of the trained model on
+    each named input set, as float64 numpy arrays, evaluated `chunk` inputs at a time (None: all)."""
+    def observe(step, state):
+        out = {}
+        for name, x in inputs.items():
+            size = len(x) if not chunk else int(chunk)
+            out[name] = np.concatenate([np.asarray(trainer.predict(state, x[i:i + size]), np.float64)
+                                        for i in range(0, len(x), max(size, 1))])
+        return out
+    return observe
+
+
+def fit_side_by_side(trainers: Mapping[str, Trainer], params0, x, y, *, inputs: Mapping[str, Any],
+                     chunk: int | None = None, observe: Callable | None = None,
+                     **fit_kw) -> dict[str, FitResult]:
+    """Train every trainer from the same theta_0 on the same data (with the same `seed`, the same
+    minibatches), pausing at the same recording points, e.g. a network beside its linearization:
+
+        res = fit_side_by_side({"network": t, "linearized": t.linearization()}, params0, x, y,
+                               inputs={"test": x_test}, steps=1000, record_at=log_steps(1000, 30))
+        res["linearized"].records[i]["test"]        # f_lin on x_test at res["linearized"].steps[i]
+
+    Each record is {name: outputs on inputs[name]} (float64, `output_observer`), merged with what
+    ``observe(trainer, step, state)`` returns (a dict) when given.  `fit_kw`: `fit`'s keywords
+    (steps, record_at, seed, track_loss, ...).  Returns {name: FitResult} in the order of `trainers`."""
+    results = {}
+    for name, trainer in trainers.items():
+        outputs = output_observer(trainer, inputs, chunk)
+
+        def record(step, state, trainer=trainer, outputs=outputs):
+            rec = outputs(step, state)
+            return rec if observe is None else {**rec, **observe(trainer, step, state)}
+
+        results[name] = fit(trainer, params0, x, y, observe=record, **fit_kw)
+    return results

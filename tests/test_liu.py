@@ -1,5 +1,8 @@
-"""Liu et al. 2020 experiments: the tangent kernel of phi(f) and the gradient-descent loop."""
+"""Liu et al. 2020 experiments: the tangent kernel of phi(f) (`ntkrepro.outputs`), the synthetic task
+(`conf/task/liu_teacher.yaml`) and gradient descent to convergence (`train.fit` with a stop rule)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -7,45 +10,53 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from ntkrepro import tasks, train
 from ntkrepro.empirical import empirical_ntk
-from ntkrepro.nets import init_params, make_mlp
+from ntkrepro.models import ModelSpec
+from ntkrepro.outputs import (LIPSCHITZ, OutputModel, lambda_max, normalized_lr, output_fn, output_jacobian,
+                              tangent_kernel)
 
-from experiments.liu_common import (LIPSCHITZ, compose, init_network, learning_rate, output_jacobian,
-                                    synthetic_task, tangent_kernel, train)
+from experiments.liu_linearity import fit_and_track
+
+TASK = Path(__file__).resolve().parent.parent / "conf" / "task" / "liu_teacher.yaml"
+
+
+def _spec(out_dim=3, width=7, depth=1, w_var=1.0, b_var=0.1):
+    return ModelSpec(width=width, depth=depth, out_dim=out_dim, activation="tanh", w_var=w_var, b_var=b_var)
 
 
 def _setup(out_dim=3, width=7, depth=1):
-    model = make_mlp(width=width, depth=depth, out_dim=out_dim, activation="tanh", w_var=1.0, b_var=0.1)
+    spec = _spec(out_dim, width, depth)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 3), dtype=jnp.float64)
-    params = init_network(model, 0, x, depth)
-    return model, params, x
+    params = spec.init_normal(np.random.default_rng([0, depth]), x)
+    return spec, params, x
 
 
 @pytest.mark.parametrize("output", ["linear", "softmax", "swish", "softplus"])
 def test_tangent_kernel_of_composed_model_matches_jacobian_contraction(output):
     """J_phi K_f J_phi^T (structured) == J J^T of phi(f) (dense Jacobian, small width only)."""
-    model, params, x = _setup()
+    spec, params, x = _setup()
     params = jax.tree_util.tree_map(lambda p: 1.5 * p, params)  # outputs away from 0
-    got = tangent_kernel(model, params, x, output)
-    want = empirical_ntk(compose(model, output), params, x, trace=False)
+    got = tangent_kernel(spec, params, x, output)
+    want = empirical_ntk(OutputModel(spec, output), params, x, trace=False)
     assert got.shape == want.shape == (4, 4, 3, 3)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_bottleneck_model_kernel_matches_jacobian_contraction():
-    model, params, x = _setup(width=[6, 2, 5], depth=3)
-    np.testing.assert_allclose(tangent_kernel(model, params, x, "swish"),
-                               empirical_ntk(compose(model, "swish"), params, x, trace=False),
+    spec, params, x = _setup(width=(6, 2, 5), depth=3)
+    np.testing.assert_allclose(tangent_kernel(spec, params, x, "swish"),
+                               empirical_ntk(OutputModel(spec, "swish"), params, x, trace=False),
                                rtol=1e-10, atol=1e-12)
 
 
 def test_scalar_output_kernel_is_phi_prime_times_kf():
     """k = 1: K~(x, x') = phi'(f(x)) phi'(f(x')) K_f(x, x') (Liu et al. Eq. 12)."""
-    model, params, x = _setup(out_dim=1)
-    f = model.apply({"params": params}, x)[:, 0]
+    spec, params, x = _setup(out_dim=1)
+    f = spec.apply(params, x)[:, 0]
     d = jax.vmap(jax.grad(lambda z: z * jax.nn.sigmoid(z)))(f)
-    kf = tangent_kernel(model, params, x, "linear")[:, :, 0, 0]
-    np.testing.assert_allclose(tangent_kernel(model, params, x, "swish")[:, :, 0, 0],
+    kf = tangent_kernel(spec, params, x, "linear")[:, :, 0, 0]
+    np.testing.assert_allclose(tangent_kernel(spec, params, x, "swish")[:, :, 0, 0],
                                d[:, None] * kf * d[None, :], rtol=1e-12)
 
 
@@ -57,45 +68,88 @@ def test_softmax_jacobian_norm_is_at_most_the_lipschitz_constant():
     assert float(jnp.max(output_jacobian("swish", z))) <= LIPSCHITZ["swish"] + 1e-4
 
 
-def test_init_network_draws_standard_normal_in_the_flax_structure():
-    model = make_mlp(width=300, depth=1, out_dim=2, activation="tanh", w_var=1.0, b_var=0.1)
+def test_output_model_is_hashable_and_equal_by_value():
+    """One compilation per (spec, output) in jit, `train.Trainer` and `ntkrepro.hessian`."""
+    assert OutputModel(_spec(), "swish") == OutputModel(_spec(), "swish")
+    assert hash(OutputModel(_spec(), "swish")) == hash(OutputModel(_spec(), "swish"))
+    with pytest.raises(Exception, match="unknown output layer"):
+        OutputModel(_spec(), "relu")
+
+
+def test_init_normal_draws_standard_normal_in_the_flax_structure():
+    """N(0, 1) parameters from numpy default_rng([seed, *tags]), in the order the tree is walked."""
+    spec = _spec(out_dim=2, width=300)
     x = jnp.ones((2, 5), dtype=jnp.float64)
-    p = init_network(model, 0, x, 300)
-    ref = init_params(model, jax.random.PRNGKey(0), x)
+    p = spec.init_normal(np.random.default_rng([0, 300]), x)
+    ref = spec.init(jax.random.PRNGKey(0), x)
     assert jax.tree_util.tree_structure(p) == jax.tree_util.tree_structure(ref)
     w = np.asarray(p["dense_0"]["kernel"])
     assert w.dtype == np.float64 and abs(w.mean()) < 0.05 and abs(w.std() - 1) < 0.05
-    again = init_network(model, 0, x, 300)
+    again = spec.init_normal(np.random.default_rng([0, 300]), x)
     np.testing.assert_array_equal(w, np.asarray(again["dense_0"]["kernel"]))
+    rng = np.random.default_rng([0, 300])  # the liu figures' draws: leaf by leaf, in tree order
+    for leaf in jax.tree_util.tree_leaves(p):
+        np.testing.assert_array_equal(np.asarray(leaf), rng.standard_normal(leaf.shape))
 
 
-def _task():
-    cfg = OmegaConf.create({"n_train": 6, "n0": 4, "out_dim": 3, "seed": 0, "input_scale": 2.0,
-                            "teacher": {"mu": 1.5, "amplitude": 1.0, "omega": 1.5}})
-    return synthetic_task(cfg)
+def _task(n_train=6, dim=4):
+    cfg = OmegaConf.merge(OmegaConf.load(TASK), {"n_train": n_train, "dim": dim, "input_scale": 2.0})
+    task = tasks.load(cfg, seed=0, record=False)
+    return jnp.asarray(task.x_train), jnp.asarray(task.y_train)
+
+
+def test_liu_teacher_task():
+    """x = r sqrt(d) z/|z| on a sphere; t_c = mu + a sin(omega u_c.z/|z|) in [mu - a, mu + a]."""
+    x, t = _task()
+    assert x.shape == (6, 4) and t.shape == (6, 3)
+    assert np.allclose(np.linalg.norm(np.asarray(x), axis=1), 4.0)  # radius r sqrt(d), r = 2
+    assert np.all((np.asarray(t) >= 0.5) & (np.asarray(t) <= 2.5))
+
+
+def _stop(tol):
+    return lambda loss, loss0: ~jnp.isfinite(loss) | (loss <= tol * loss0)
 
 
 @pytest.mark.parametrize("output", ["linear", "softmax", "swish"])
 def test_gradient_descent_converges_and_checkpoints(output):
-    task = _task()
-    assert np.allclose(np.linalg.norm(np.asarray(task.x), axis=1), 4.0)  # radius r sqrt(d), r = 2
+    x, t = _task()
     # liu-1's settings: sigma_w^2 = 1/4 with inputs of norm 2 sqrt(d) (initial outputs right of the
     # swish minimum)
-    model = make_mlp(width=64, depth=1, out_dim=3, activation="tanh", w_var=0.25, b_var=0.025)
-    p0 = init_network(model, 0, task.x, 64)
-    eta = learning_rate(1.5, 6, tangent_kernel(model, p0, task.x, "linear"), output)
-    seen = []
-    res = train(compose(model, output), p0, task.x, task.targets(output), eta=eta, max_steps=3000,
-                tol=1e-6, checkpoints={0, 5}, on_checkpoint=lambda s, p, l: seen.append(s))
-    assert res.converged and not res.diverged
-    assert res.loss_final <= 1e-6 * res.loss0
-    assert seen[:2] == [0, 5] and seen[-1] == res.final_step == res.steps[-1]
+    spec = _spec(width=64, w_var=0.25, b_var=0.025)
+    p0 = spec.init_normal(np.random.default_rng([0, 64]), x)
+    eta = normalized_lr(1.5, 6, lambda_max(tangent_kernel(spec, p0, x)), output)
+    res = train.fit(train.Trainer(OutputModel(spec, output), loss="mse", lr=eta), p0, x, output_fn(output)(t),
+                    steps=3000, record_at=[0, 5], stop=_stop(1e-6), observe=lambda s, st: s)
+    assert res.stopped and not res.diverged
+    assert res.losses[-1] <= 1e-6 * res.losses[0]
+    assert res.steps[:2] == [0, 5] and res.records[-1] == res.steps[-1] < 3000
+
+
+def test_fit_and_track_reports_each_checkpoint_once():
+    """Delta K(t) at the geometric grid and at the step GD stopped (once, also when it stops on a
+    checkpoint); the summary of liu-1's rows."""
+    x, t = _task()
+    spec = _spec(width=64, w_var=0.25, b_var=0.025)
+    p0 = spec.init_normal(np.random.default_rng([0, 64]), x)
+    cfg = OmegaConf.create({"lr": 1.5, "tol": 1e-6, "steps": 3000, "kernel_points": 40})
+    trace, summary = fit_and_track(spec, p0, x, t, "linear", cfg, tangent_kernel(spec, p0, x))
+    steps = [r["step"] for r in trace]
+    assert steps[0] == 0 and trace[0]["delta_k"] == 0.0 and np.all(np.diff(steps) > 0)
+    assert summary["converged"] == 1 and summary["diverged"] == 0 and summary["final_step"] == steps[-1]
+    assert summary["delta_k"] == max(r["delta_k"] for r in trace)
+    # stop exactly on a checkpoint: the final step is still reported once
+    cfg = OmegaConf.create({"lr": 1.5, "tol": 1e-6, "steps": 3000, "kernel_points": 3000})
+    trace, summary = fit_and_track(spec, p0, x, t, "linear", cfg, tangent_kernel(spec, p0, x))
+    steps = [r["step"] for r in trace]
+    assert summary["final_step"] in train.log_steps(3000, 3000)  # (every step up to ~370 is in the grid)
+    assert np.all(np.diff(steps) > 0) and steps[-1] == summary["final_step"] < 3000
 
 
 def test_divergence_is_recorded_not_raised():
-    task = _task()
-    model = make_mlp(width=16, depth=1, out_dim=3, activation="tanh", w_var=1.0, b_var=0.1)
-    p0 = init_network(model, 0, task.x, 16)
-    res = train(compose(model, "linear"), p0, task.x, task.targets("linear"), eta=1e6, max_steps=200,
-                tol=1e-6, checkpoints=set())
-    assert res.diverged and not res.converged and not np.isfinite(res.loss_final)
+    x, t = _task()
+    spec = _spec(width=16)
+    p0 = spec.init_normal(np.random.default_rng([0, 16]), x)
+    res = train.fit(train.Trainer(OutputModel(spec, "linear"), loss="mse", lr=1e6), p0, x, t, steps=200,
+                    record_at=[0], stop=_stop(1e-6))
+    assert res.diverged and not np.isfinite(res.losses[-1])
+    assert not res.losses[-1] <= 1e-6 * res.losses[0]  # not converged

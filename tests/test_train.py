@@ -170,3 +170,14 @@ def test_batch_schedule_is_epochs_of_permutations():
     assert len(set(first_epoch)) == 9
     with pytest.raises(Exception, match="batch_size"):
         batch_schedule(10, 11, 3, 0)
+
+
+def test_a_run_stopping_exactly_at_a_recording_point_records_it_once(problem):
+    x, y, w0 = problem
+    calls = []
+    # stop as soon as the loss is below its value after 5 steps: met at step 5 exactly
+    probe = fit(Trainer(_linear, lr=0.1), w0, x, y, steps=5)
+    level = float(probe.losses[-1])
+    res = fit(Trainer(_linear, lr=0.1), w0, x, y, steps=10, record_at=[0, 5, 10],
+              observe=lambda s, st: calls.append(s), stop=lambda loss, loss0: loss <= level)
+    assert res.steps == [0, 5] and calls == [0, 5] and len(res.losses) == 2
