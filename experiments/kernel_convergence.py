@@ -4,7 +4,8 @@ For each depth and width n, M networks are drawn at initialisation; the mean of 
 (readout-feature Gram, App. D) and NTK (J J^T, Eq. 4) over the first M draws is compared with the
 analytic kernels (Eqs. S26-S29) by relative Frobenius distance ||K_hat - K||_F / ||K||_F.
 The paper: both distances are O(1/sqrt(n)) (a CLT, Daniely et al.) and fall as M grows.
-The NTK is computed layer by layer (`ntkrepro.empirical.mlp_ntk`), never forming a Jacobian.
+The NTK is computed layer by layer (`ModelSpec.empirical_ntk`), never forming a Jacobian.  Inputs: the
+figure's task (gaussian: `n_train` inputs of dimension `dim` = n0; `task@figure.paper.task=mnist`).
 """
 from __future__ import annotations
 
@@ -17,71 +18,55 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import data, kernels, plotting
-from ntkrepro.empirical import mlp_nngp, mlp_ntk
-from ntkrepro.manifest import record_data
-from ntkrepro.nets import init_params, make_mlp
+from ntkrepro import models, plotting, precision, tasks
+from ntkrepro.empirical import mlp_nngp
 
 KERNELS = ("nngp", "ntk")
 
 
-def _draw(model, x, key):
-    params = init_params(model, key, x)
-    return mlp_nngp(model, params, x), mlp_ntk(model, params, x)
+def _draw(spec: models.ModelSpec, x, key):
+    """(K-hat, Theta-hat) of one network drawn at initialisation (standard parameterization: the
+    NTK of Eq. S42, (1/n) J J^T)."""
+    params = spec.init(key, x)
+    scale = float(spec.width) if spec.parameterization == "standard" else 1.0
+    return mlp_nngp(spec.module, params, x), spec.empirical_ntk(params, x) / scale
 
 
-def _rel_frob(a, b) -> float:
-    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-
-
-def _inputs(cfg):
-    """N(0, 1) inputs of dimension n0 (App. I), or flattened, per-image standardised real images."""
-    source = cfg.get("inputs", "gaussian")
-    if source == "gaussian":
-        x = data.gaussian_inputs(cfg.n_inputs, cfg.n0, seed=cfg.seed)
-        record_data("inputs", f"synthetic N(0,1), n={cfg.n_inputs}, n0={cfg.n0}, seed={cfg.seed}", [x])
-        return x
-    ds = data.prepare(source, split="train", n=cfg.n_inputs, flatten=True, standardize="image",
-                      targets="label", source=cfg.data.source, root=cfg.data.root, seed=cfg.seed)
-    record_data(source, ds.info["source"], [ds.x], n=len(ds.x))
-    return ds.x
+def measure(spec: models.ModelSpec, x, key, counts, trials: int, n_show: int):
+    """Monte Carlo means of the first M draws against the analytic kernels -> (rows, key)."""
+    ana = spec.analytic(x)
+    ref = {"nngp": ana.nngp, "ntk": ana.ntk}
+    draw = jax.jit(partial(_draw, spec, x))
+    rows = []
+    for trial in range(trials):
+        total = {k: 0.0 for k in KERNELS}
+        for m in range(1, counts[-1] + 1):
+            key, sub = jax.random.split(key)
+            total = {k: total[k] + kernel for k, kernel in zip(KERNELS, draw(sub))}
+            if m not in counts:
+                continue
+            for k in KERNELS:
+                mean = total[k] / m
+                common = dict(mc_samples=m, trial=trial, kernel=k)
+                value = float(jnp.linalg.norm(mean - ref[k]) / jnp.linalg.norm(ref[k]))
+                rows.append(dict(quantity="rel_frob_error", value=value, **common))
+                if trial == 0 and m in (counts[0], counts[-1]):  # the upper triangle, scatter panels
+                    emp, a = np.asarray(mean), np.asarray(ref[k])
+                    rows += [dict(quantity="entry", value=emp[i, j], analytic=a[i, j], i=i, j=j, **common)
+                             for i in range(n_show) for j in range(i, n_show)]
+    return rows, key
 
 
 def run(cfg) -> pd.DataFrame:
-    x = _inputs(cfg)
-    x = jnp.asarray(x, dtype=jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    task = tasks.load(cfg.task, cfg.data, seed=cfg.seed, name="inputs")
+    x = jnp.asarray(task.x_train, precision.kernel_dtype())
     counts = sorted(set(int(m) for m in cfg.mc_samples))
     n_show = min(int(cfg.get("n_show", 12)), len(x))
-    rows = []
-    key = jax.random.PRNGKey(cfg.seed)
-    jobs = [(d, n) for d in cfg.depths for n in cfg.widths]
-    for depth, width in tqdm(jobs, desc=cfg.id, disable=None):
-        ref = kernels.fc(x, depth=depth, activation=cfg.activation, w_var=cfg.w_var, b_var=cfg.b_var,
-                         parameterization=cfg.parameterization, width=width)
-        ref = {"nngp": ref.nngp, "ntk": ref.ntk}
-        model = make_mlp(width=width, depth=depth, activation=cfg.activation, w_var=cfg.w_var,
-                         b_var=cfg.b_var, parameterization=cfg.parameterization)
-        draw = jax.jit(partial(_draw, model, x))
-        scale = float(width) if cfg.parameterization == "standard" else 1.0  # Eq. S42: (1/n) J J^T
-        for trial in range(cfg.trials):
-            total = {k: 0.0 for k in KERNELS}
-            for m in range(1, counts[-1] + 1):
-                key, sub = jax.random.split(key)
-                nngp, ntk = draw(sub)
-                total["nngp"] = total["nngp"] + nngp
-                total["ntk"] = total["ntk"] + ntk / scale
-                if m not in counts:
-                    continue
-                for k in KERNELS:
-                    mean = total[k] / m
-                    common = dict(depth=depth, width=width, mc_samples=m, trial=trial, kernel=k)
-                    rows.append(dict(quantity="rel_frob_error", value=_rel_frob(mean, ref[k]), **common))
-                    if trial == 0 and m in (counts[0], counts[-1]):
-                        emp, ana = np.asarray(mean), np.asarray(ref[k])
-                        for i in range(n_show):
-                            for j in range(i, n_show):
-                                rows.append(dict(quantity="entry", value=emp[i, j], analytic=ana[i, j],
-                                                 i=i, j=j, **common))
+    key, rows = jax.random.PRNGKey(cfg.seed), []
+    for depth, width in tqdm([(d, n) for d in cfg.depths for n in cfg.widths], desc=cfg.id, disable=None):
+        spec = models.from_config(cfg, width=int(width), depth=int(depth))  # activation, w_var, ...
+        found, key = measure(spec, x, key, counts, int(cfg.trials), n_show)
+        rows += [dict(r, depth=depth, width=width) for r in found]
     return pd.DataFrame(rows)
 
 
@@ -92,77 +77,65 @@ def errors(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
-    err = errors(metrics)
-    lo, hi = cfg.claims.width_slope
-    slo, shi = cfg.claims.samples_slope
-    out = []
+    err, tol, out = errors(metrics), cfg.claims, []
     for (depth, kern), g in err.groupby(["depth", "kernel"]):
-        name = f"{kern.upper()}, {depth} hidden layer{'s' if depth > 1 else ''}"
+        name = f"{kern.upper()}, {_layers(depth)}"
         if g.width.nunique() > 1:
             top = g[g.mc_samples == g.mc_samples.max()]
             out.append(C.in_range(f"{name}: ||K_hat - K||_F / ||K||_F = O(1/sqrt(n))",
                                   f"log-log slope over width at M={int(top.mc_samples.iloc[0])}",
-                                  C.loglog_slope(top.width, top.value), lo, hi))
+                                  C.loglog_slope(top.width, top.value), *tol.width_slope))
         wide = g[g.width == g.width.max()]
         out.append(C.in_range(f"{name}: distance falls as the number of samples M grows",
                               f"log-log slope over M at n={int(wide.width.iloc[0])}",
-                              C.loglog_slope(wide.mc_samples, wide.value), slo, shi))
+                              C.loglog_slope(wide.mc_samples, wide.value), *tol.samples_slope))
     return out
 
 
+def _layers(depth) -> str:
+    return f"{depth} hidden layer{'s' if depth > 1 else ''}"
+
+
+AXES = {"width": ("n", "width n"), "mc_samples": ("M", "Monte Carlo samples M")}   # symbol, axis label
+
+
+def _distance(ax, err, x: str, curves: str, title: str) -> None:
+    """Distance to the analytic kernel against column x ("width" or "mc_samples"), one curve per
+    value of the other, and the CLT rate x^-1/2 through the first point of the last curve."""
+    plotting.curves(ax, err, curves, x=x, label=AXES[curves][0] + " = {}", marker="o", ms=3)
+    g = err[err[curves] == err[curves].max()]
+    t = np.asarray(g[x], float)
+    ax.plot(t, g.value.iloc[0] * np.sqrt(t[0] / t), "k--", lw=1, label=rf"$\propto {AXES[x][0]}^{{-1/2}}$")
+    ax.set(xscale="log", yscale="log", xlabel=AXES[x][1], ylabel=r"$\|\hat K - K\|_F / \|K\|_F$", title=title)
+    ax.set_xscale("log", base=2 if x == "width" else 10)
+    ax.legend()
+
+
 def plot(metrics: pd.DataFrame, out_dir, cfg) -> None:
+    """view=width (S9): distance against n per depth and kernel; view=samples (S10): distance
+    against M per kernel, and below it the entries at the smallest and the largest (n, M)."""
     err = errors(metrics)
-    depths = sorted(err.depth.unique())
     if cfg.view == "width":
-        _plot_over_width(err, depths, out_dir, cfg)
+        depths = sorted(err.depth.unique())
+        fig, axes = plotting.subplots(len(depths), 2)
+        for r, depth in enumerate(depths):
+            for c, kern in enumerate(KERNELS):
+                _distance(axes[r][c], err[(err.depth == depth) & (err.kernel == kern)], "width",
+                          "mc_samples", f"{kern.upper()}, {_layers(depth)}")
     else:
-        _plot_over_samples(metrics, err, out_dir, cfg)
-
-
-def _plot_over_width(err, depths, out_dir, cfg):
-    fig, axes = plotting.subplots(len(depths), 2)
-    counts = sorted(err.mc_samples.unique())
-    for r, depth in enumerate(depths):
+        fig, axes = plotting.subplots(2, 2)
+        widths = sorted(err.width.unique())
         for c, kern in enumerate(KERNELS):
-            ax = axes[r][c]
-            for color, m in zip(plotting.colors(len(counts)), counts):
-                g = err[(err.depth == depth) & (err.kernel == kern) & (err.mc_samples == m)]
-                ax.plot(g.width, g.value, "o-", color=color, ms=3, label=f"M = {m}")
-            g = err[(err.depth == depth) & (err.kernel == kern) & (err.mc_samples == counts[-1])]
-            if len(g):
-                w = np.asarray(g.width, float)
-                ax.plot(w, g.value.iloc[0] * np.sqrt(w[0] / w), "k--", lw=1, label=r"$\propto n^{-1/2}$")
-            ax.set(xscale="log", yscale="log", xlabel="width n",
-                   ylabel=r"$\|\hat K - K\|_F / \|K\|_F$",
-                   title=f"{kern.upper()}, {depth} hidden layer{'s' if depth > 1 else ''}")
-            ax.set_xscale("log", base=2)
+            _distance(axes[0][c], err[err.kernel == kern], "mc_samples", "width",
+                      f"{kern.upper()}: distance to analytic")
+            ax, ent = axes[1][c], metrics[(metrics.quantity == "entry") & (metrics.kernel == kern)]
+            picks = [(widths[0], ent.mc_samples.min()), (widths[-1], ent.mc_samples.max())]
+            for color, (w, m) in zip(("tab:orange", "tab:blue"), picks):
+                g = ent[(ent.width == w) & (ent.mc_samples == m)]
+                ax.plot(g.analytic, g.value, ".", color=color, ms=4, label=f"n = {w}, M = {int(m)}")
+            lim = [ent.analytic.min(), ent.analytic.max()]
+            ax.plot(lim, lim, "k-", lw=0.8, label="analytic")
+            ax.set(xlabel="analytic kernel entry", ylabel="Monte Carlo estimate",
+                   title=f"{kern.upper()} entries, {_layers(int(ent.depth.iloc[0]))}")
             ax.legend()
-    plotting.save(fig, out_dir, cfg.id, f"{cfg.title} ({cfg.scale} scale)")
-
-
-def _plot_over_samples(metrics, err, out_dir, cfg):
-    fig, axes = plotting.subplots(2, 2)
-    widths = sorted(err.width.unique())
-    for c, kern in enumerate(KERNELS):
-        ax = axes[0][c]
-        for color, w in zip(plotting.colors(len(widths)), widths):
-            g = err[(err.kernel == kern) & (err.width == w)]
-            ax.plot(g.mc_samples, g.value, "o-", color=color, ms=3, label=f"n = {w}")
-        g = err[(err.kernel == kern) & (err.width == widths[-1])]
-        m = np.asarray(g.mc_samples, float)
-        ax.plot(m, g.value.iloc[0] * np.sqrt(m[0] / m), "k--", lw=1, label=r"$\propto M^{-1/2}$")
-        ax.set(xscale="log", yscale="log", xlabel="Monte Carlo samples M",
-               ylabel=r"$\|\hat K - K\|_F / \|K\|_F$", title=f"{kern.upper()}: distance to analytic")
-        ax.legend()
-        ax = axes[1][c]
-        ent = metrics[(metrics.quantity == "entry") & (metrics.kernel == kern)]
-        picks = [(widths[0], ent.mc_samples.min()), (widths[-1], ent.mc_samples.max())]
-        for color, (w, m) in zip(("tab:orange", "tab:blue"), picks):
-            g = ent[(ent.width == w) & (ent.mc_samples == m)]
-            ax.plot(g.analytic, g.value, ".", color=color, ms=4, label=f"n = {w}, M = {int(m)}")
-        lim = [ent.analytic.min(), ent.analytic.max()]
-        ax.plot(lim, lim, "k-", lw=0.8, label="analytic")
-        ax.set(xlabel="analytic kernel entry", ylabel="Monte Carlo estimate",
-               title=f"{kern.upper()} entries, {int(ent.depth.iloc[0])} hidden layer")
-        ax.legend()
     plotting.save(fig, out_dir, cfg.id, f"{cfg.title} ({cfg.scale} scale)")

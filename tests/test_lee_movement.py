@@ -7,42 +7,73 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import pytest
 from omegaconf import OmegaConf
 
-from ntkrepro.nets import init_params, make_mlp
+from ntkrepro.errors import ConfigError
+from ntkrepro.models import ModelSpec
+from ntkrepro.train import LOSSES, Trainer, fit, log_steps
 
-from experiments.lee_movement import claims, measure, mse, train
+from experiments.lee_movement import claims, measure, panels
+
+mse = LOSSES["mse_per_output"]  # the loss lee_movement trains on
 
 
 def _net(width=6, depth=2, out_dim=2):
-    model = make_mlp(width=width, depth=depth, out_dim=out_dim, activation="relu", w_var=2.0, b_var=0.1)
+    spec = ModelSpec(width=width, depth=depth, out_dim=out_dim, activation="relu", w_var=2.0, b_var=0.1)
     x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (5, 3)), np.float64)
     y = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (5, out_dim)), np.float64)
-    return model, x, y
+    return spec, x, y
 
 
-def test_train_is_plain_gradient_descent_and_resumes():
-    """theta_0 + delta after 2 x 3 scanned steps == 6 explicit steps of theta <- theta - lr grad L."""
-    model, x, y = _net()
-    params0 = init_params(model, jax.random.PRNGKey(0), x)
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params0)
-    delta, losses, _ = train(model, params0, zeros, x, y, 0.3, 3)
-    delta, losses2, final = train(model, params0, delta, x, y, 0.3, 3)
+def test_training_is_plain_gradient_descent_and_resumes():
+    """theta_0 + delta after 2 x 3 steps of fit (delta storage, resumed from the saved state) ==
+    6 explicit steps of theta <- theta - lr grad L, with the loss recorded at every step."""
+    spec, x, y = _net()
+    params0 = spec.init(jax.random.PRNGKey(0), x)
+    trainer = Trainer(spec.apply, loss="mse_per_output", lr=0.3, delta=True)
+    first = fit(trainer, params0, x, y, steps=3, record_at=range(4))
+    second = fit(trainer, params0, x, y, steps=6, record_at=range(7), state=first.state)
 
     def loss(p):
-        return mse(model.apply({"params": p}, x), y)
+        return mse(spec.apply(p, x), y)
 
     p, want = params0, []
     for _ in range(6):
         want.append(float(loss(p)))
         p = jax.tree_util.tree_map(lambda a, g: a - 0.3 * g, p, jax.grad(loss)(p))
-    got = jax.tree_util.tree_map(jnp.add, params0, delta)
+    got = trainer.params(second.state)
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(p)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(np.concatenate([losses, losses2]), want, rtol=1e-10)
-    np.testing.assert_allclose(final, float(loss(p)), rtol=1e-10)
+    assert first.steps == [0, 1, 2, 3] and second.steps == [4, 5, 6]
+    np.testing.assert_allclose(np.concatenate([first.losses, second.losses[:-1]]), want, rtol=1e-10)
+    np.testing.assert_allclose(second.losses[-1], float(loss(p)), rtol=1e-10)
     # the loss is the mean over examples and output units
     np.testing.assert_allclose(mse(jnp.ones((5, 2)), jnp.zeros((5, 2))), 0.5)
+
+
+def test_measure_records_changes_at_half_and_end_and_the_loss_curve():
+    """Rows at T/2 and T agree with the weights fit reaches; the curve starts at L(theta_0)."""
+    spec, x, y = _net()
+    p = dict(depth=2, activation="relu", w_var=2.0, b_var=0.1, steps=8, lr=0.3, train_dtype="float64")
+    key = jax.random.PRNGKey(0)
+    rows = pd.DataFrame(measure(p, x, y, 6, key, 4))
+    params0 = spec.init(key, x)
+    trainer = Trainer(spec.apply, loss="mse_per_output", lr=0.3, delta=True)
+    for t in (4, 8):
+        delta = fit(trainer, params0, x, y, steps=t).state.variable
+        for layer in (1, 2, 3):
+            want = np.linalg.norm(delta[f"dense_{layer - 1}"]["kernel"]) / np.linalg.norm(
+                params0[f"dense_{layer - 1}"]["kernel"])
+            got = rows[(rows.quantity == "weight") & (rows.layer == layer) & (rows.step == t)].value.item()
+            np.testing.assert_allclose(got, want, rtol=1e-10)
+        assert (rows[(rows.step == t) & (rows.role == "kernel")].value > 0).all()
+    curve = rows[rows.quantity == "loss"]
+    assert curve.step.tolist() == log_steps(8, 4).tolist() == [0, 1, 2, 4, 8]
+    np.testing.assert_allclose(curve.value.iloc[0], float(mse(spec.apply(params0, x), y)), rtol=1e-10)
+    assert rows[rows.quantity == "loss_initial"].value.item() == curve.value.iloc[0]
+    assert rows[rows.quantity == "loss_final"].value.item() == curve.value.iloc[-1]
+    assert rows[rows.quantity == "diverged"].value.item() == 0.0
 
 
 def test_divergence_is_recorded_not_raised():
@@ -51,6 +82,24 @@ def test_divergence_is_recorded_not_raised():
     rows = pd.DataFrame(measure(p, x, y, 6, jax.random.PRNGKey(0), 5))
     assert rows[rows.quantity == "diverged"].value.item() == 1.0
     assert rows[rows.quantity.isin(["weight", "ntk", "nngp"]) & (rows.step == 40)].value.isna().all()
+
+
+def test_panels_inherit_top_level_settings_and_pick_their_task():
+    cfg = OmegaConf.merge(CFG, {"steps": 50, "panels": {"q": {"label": "other", "depth": 1, "steps": 7,
+                                                              "activation": "tanh",
+                                                              "task": {"dataset": "cifar10"}}}})
+    got = dict(panels(cfg))
+    assert got["p"]["steps"] == 50 and got["p"]["widths"] == [256, 512, 1024, 2048]
+    assert got["q"]["steps"] == 7 and got["q"]["task"] == {"dataset": "cifar10"}
+    assert got["p"]["task"]["dataset"] == "mnist"
+    with pytest.raises(ConfigError, match="panel 'p' of lee-1 lacks task"):
+        panels(_without_task())
+
+
+def _without_task():
+    cfg = OmegaConf.to_container(CFG)
+    del cfg["panels"]["p"]["task"]
+    return OmegaConf.create(cfg)
 
 
 def _synthetic_metrics(rates, width_list=(256, 512, 1024, 2048), steps=100):
@@ -71,8 +120,8 @@ def _synthetic_metrics(rates, width_list=(256, 512, 1024, 2048), steps=100):
 CFG = OmegaConf.create({
     "id": "lee-1", "widths": [256, 512, 1024, 2048], "trials": 1, "fit_points": 3,
     "lr": 1.0, "steps": 100, "w_var": 2.0, "b_var": 0.1,
-    "panels": {"p": {"label": "net", "depth": 2, "activation": "relu", "dataset": "mnist",
-                     "targets": "centered_onehot", "n_train": 8}},
+    "panels": {"p": {"label": "net", "depth": 2, "activation": "relu",
+                     "task": {"dataset": "mnist", "targets": "centered_onehot", "n_train": 8}}},
     "claims": {"sqrt_slope": [-0.65, -0.35], "inverse_slope": [-1.15, -0.85], "kernel_bound_slope": -0.4,
                "kernel_slope": [-1.25, -0.75], "kernel_growth": 0.1, "loss_ratio": 1e-2}})
 
