@@ -2,18 +2,23 @@
 PY ?= $(shell [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)
 SCALE ?= smoke
 ARGS ?=
+FIGURES ?=
 NT_PEER := neural-tangents==0.6.5 frozendict  # test/benchmark peer only, never imported by the core
-FIGURES := $(sort $(basename $(notdir $(wildcard conf/figure/*.yaml))))
+ALL_FIGURES := $(sort $(basename $(notdir $(wildcard conf/figure/*.yaml))))
 
-.PHONY: help setup figures test bench $(addprefix figure-,$(FIGURES))
+# figure-<id> is a pattern rule: GNU make never applies one to a .PHONY target, so it depends on FORCE
+.PHONY: help setup figures runs test bench FORCE
 
 help:  ## list the targets
 	@echo "make setup                      create .venv and install ntkrepro with the dev extra"
-	@echo "make figure-<id> [SCALE=smoke|cpu|paper] [ARGS='hydra overrides']   run one figure"
-	@echo "make figures [SCALE=...]        run every registered figure"
+	@echo "make figure-<id> [SCALE=smoke|cpu|paper] [ARGS='setting=value ...']   run one figure"
+	@echo "make figures [SCALE=...] [FIGURES='id id ...'] [ARGS=...]   run every (or each listed) figure,"
+	@echo "                                 go on past failures, end with a table"
+	@echo "make runs [ARGS='--figure ID --scale S']   list the runs under outputs/ with their state"
 	@echo "make test                       run the test suite"
 	@echo "make bench                      benchmarks against neural-tangents (outputs/bench/)"
-	@echo "figures: $(FIGURES)"
+	@echo "python -m ntkrepro --help       usage, settings, sweeps and every figure with its run times"
+	@echo "figures: $(ALL_FIGURES)"
 
 setup:
 	python3 -m venv .venv
@@ -21,11 +26,14 @@ setup:
 	.venv/bin/python -m pip install -q -e '.[dev]'
 	.venv/bin/python -m pip install -q --no-deps $(NT_PEER)
 
-figure-%:
+figure-%: FORCE
 	$(PY) -m ntkrepro figure=$* scale=$(SCALE) $(ARGS)
 
 figures:
-	@set -e; for f in $(FIGURES); do $(PY) -m ntkrepro figure=$$f scale=$(SCALE) $(ARGS); done
+	$(PY) -m ntkrepro.batch --scale $(SCALE) --figures "$(FIGURES)" $(ARGS)
+
+runs:
+	$(PY) -m ntkrepro.runs $(ARGS)
 
 test:
 	$(PY) -m pytest -n 2 tests
@@ -33,3 +41,5 @@ test:
 bench:
 	$(PY) -m pip install -q --no-deps $(NT_PEER)
 	$(PY) -m ntkrepro.bench $(ARGS)
+
+FORCE:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ class Claim:
     expected: str         # the tolerance, e.g. "in [-0.65, -0.35]"
     status: str           # PASS | FAIL | NOT EVALUATED
     reason: str = ""
+    kind: str = "paper"   # "paper": a claim of the paper; "check": a consistency check of ours
 
 
 def select(metrics, quantity: str, **columns):
@@ -66,11 +67,29 @@ def finalize(claims: list[Claim], evaluate: bool, reason: str) -> list[Claim]:
     """Mark every claim NOT EVALUATED (keeping its measured value) when `evaluate` is false."""
     if evaluate:
         return claims
-    return [Claim(c.claim, c.measure, c.value, c.expected, NOT_EVALUATED, reason) for c in claims]
+    return [replace(c, status=NOT_EVALUATED, reason=reason) for c in claims]
 
 
 def write(claims: list[Claim], path: Path) -> None:
     path.write_text(json.dumps([asdict(c) for c in claims], indent=2) + "\n")
+
+
+def counts(claims: list[Claim]) -> dict:
+    """How many claims passed, failed, were not evaluated; and the paper's claims passed / evaluated."""
+    paper = [c for c in claims if c.kind == "paper"]
+    return {"passed": sum(c.status == PASS for c in claims),
+            "failed": sum(c.status == FAIL for c in claims),
+            "not_evaluated": sum(c.status == NOT_EVALUATED for c in claims),
+            "paper_passed": sum(c.status == PASS for c in paper),
+            "paper_evaluated": sum(c.status != NOT_EVALUATED for c in paper)}
+
+
+def summary(claims: list[Claim], scale: str) -> str:
+    """What a run prints at its end: the claims table, or one line when no claim was evaluated."""
+    if claims and all(c.status == NOT_EVALUATED for c in claims):
+        hint = "; run scale=cpu to evaluate them" if scale == "smoke" else ""
+        return f"claims: not evaluated at {scale} scale ({len(claims)} computed){hint}"
+    return table(claims)
 
 
 def table(claims: list[Claim]) -> str:

@@ -6,16 +6,18 @@ Sources (`source=`), each returning the same arrays for the same images:
   "tfds"   `tensorflow_datasets.data_source(name, split, download=True, data_dir=root)`;
   "sample" the small real samples inside the package (`ntkrepro/samples/<name>_sample.npz`:
            MNIST first 2000 train / 500 test, CIFAR-10 first 1000 train / 200 test);
-  "auto"   "npz" when a root is given, else "tfds" when tensorflow_datasets is importable,
-           else "sample".
+  "auto"   "npz" when a root is given, else "tfds" when tensorflow-datasets works here (it and what
+           it needs to prepare a data set import: `tfds_available`), else a `DataError` saying how to
+           get the data (the runner picks "sample" itself at smoke scale).
 A request for more examples than the source holds is a `DataError` that says how many it holds;
 nothing is ever silently truncated.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-import importlib.util
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -103,15 +105,17 @@ def _read_tfds(name: str, split: str, root) -> tuple[np.ndarray, np.ndarray]:
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
-        raise DataError("tensorflow_datasets is not installed; run `pip install -e .[tfds]` "
+        raise DataError("tensorflow_datasets is not installed; run pip install -e '.[tfds]' "
                         "or set data.root=<dir holding mnist.npz / cifar10.npz>") from err
     try:
         ds = tfds.data_source(name, split=split, download=True,
                               data_dir=None if root is None else str(root))
         examples = [ds[i] for i in range(len(ds))]
     except Exception as err:  # noqa: BLE001 - download/prepare failures of any kind
+        fix = ("install the tfds extra (pip install -e '.[tfds]')" if isinstance(err, ImportError)
+               else "check the network")
         raise DataError(f"tensorflow-datasets could not provide {name}/{split} ({_one_line(err)}); "
-                        f"check the network or set data.root=<dir holding {NPZ_FILES[name][0]}>") from err
+                        f"{fix} or set data.root=<dir holding {NPZ_FILES[name][0]}>") from err
     if not examples:
         raise DataError(f"tensorflow-datasets returned no examples for {name}/{split}; "
                         f"set data.root=<dir holding {NPZ_FILES[name][0]}>")
@@ -134,21 +138,42 @@ def _check(name: str, x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndar
     return x, y
 
 
-def resolve_source(source: str, root=None) -> str:
-    """The concrete source that `source` means ("auto": npz if root, else tfds if importable, else sample)."""
+# what `tfds.data_source(..., download=True)` imports on its way: the builder (importlib_resources,
+# undeclared by tensorflow-datasets 4.9 on Python >= 3.9), the array_record reader, and tensorflow,
+# which the MNIST and CIFAR-10 builders use to prepare the files
+TFDS_NEEDS = ("tensorflow_datasets", "importlib_resources", "array_record", "tensorflow")
+
+
+@functools.lru_cache(maxsize=None)
+def tfds_available() -> bool:
+    """Whether the tfds source can work here: every module in TFDS_NEEDS really imports (probed once)."""
+    for name in TFDS_NEEDS:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - any import failure means the source cannot load
+            return False
+    return True
+
+
+def resolve_source(source: str, root=None, name: str = "mnist") -> str:
+    """The concrete source that `source` means ("auto": npz if root, else tfds if it works here, else
+    a `DataError` saying how to get data set `name`)."""
     _choice("data source", source, SOURCES)
     if source != "auto":
         return source
     if root is not None:
         return "npz"
-    return "tfds" if importlib.util.find_spec("tensorflow_datasets") is not None else "sample"
+    if tfds_available():
+        return "tfds"
+    raise DataError(f"no data source for {name}: pass data.root=<dir holding {NPZ_FILES[name][0]}> or "
+                    "install the tfds extra (pip install -e '.[tfds]') on a connected machine")
 
 
 def load_raw(name: str, split: str, *, source: str = "auto", root=None):
     """-> (x uint8 (N, H, W, C), y int64 (N,), info {source, path, n_available, checksum, ...})."""
     _choice("data set", name, DATASETS)
     _choice("split", split, SPLITS)
-    resolved = resolve_source(source, root)
+    resolved = resolve_source(source, root, name)
     path = None
     if resolved == "npz":
         if root is None:

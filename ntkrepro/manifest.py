@@ -1,4 +1,5 @@
-"""What produced a run: code version, packages, devices, precision, seed, time, data provenance."""
+"""What produced a run: command line, start time, code version, packages, devices, precision, seed,
+time, data provenance."""
 from __future__ import annotations
 
 import json
@@ -41,7 +42,8 @@ def _version(pkg: str) -> str | None:
         return None
 
 
-def build(*, figure_id: str, scale: str, seed: int, wall_time_s: float, settings: dict) -> dict:
+def build(*, figure_id: str, scale: str, seed: int, wall_time_s: float, settings: dict,
+          command: str | None = None, started: str | None = None) -> dict:
     import jax
 
     repo = Path(__file__).resolve().parent.parent
@@ -51,6 +53,8 @@ def build(*, figure_id: str, scale: str, seed: int, wall_time_s: float, settings
         "figure": figure_id,
         "scale": scale,
         "seed": seed,
+        "command": command,
+        "started": started,
         "wall_time_s": round(wall_time_s, 3),
         "git": {"commit": commit, "dirty": bool(status) if status is not None else None},
         "packages": {p: _version(p) for p in _PACKAGES},

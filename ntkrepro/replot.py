@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     except NtkreproError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(claims_mod.table(result))
+    print(claims_mod.summary(result, OmegaConf.load(Path(argv[0]) / SETTINGS_FILE).get("scale", "")))
     return 0
 
 

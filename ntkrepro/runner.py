@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -22,7 +23,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ntkrepro import claims as claims_mod
-from ntkrepro import manifest
+from ntkrepro import manifest, preflight, runstate
 from ntkrepro.errors import ConfigError, NtkreproError
 from ntkrepro.registry import SCALES
 from ntkrepro.validate import validate_settings
@@ -83,76 +84,114 @@ def finish(module, metrics: pd.DataFrame, cfg: DictConfig, out_dir: Path) -> lis
     return result
 
 
-def _discard(out_dir: Path) -> None:
-    """Remove a run folder that produced no result, so nothing half-written looks finished."""
+def _discard(out_dir: Path, out_root: Path) -> None:
+    """Remove a run folder that produced no result, so nothing half-written looks finished, and the
+    folders above it up to out_root that it leaves empty."""
     shutil.rmtree(out_dir, ignore_errors=True)
+    root, parent = Path(out_root).resolve(), Path(out_dir).resolve().parent
+    while root in parent.parents:
+        try:
+            parent.rmdir()  # only an empty folder
+        except OSError:
+            break
+        parent = parent.parent
 
 
-def _mark_failed(out_dir: Path) -> Path:
-    (out_dir / "FAILED.txt").write_text(traceback.format_exc())
-    failed = out_dir.with_name(out_dir.name + "-FAILED")
-    if out_dir.exists():
-        out_dir.rename(failed)
-    return failed
+def command_line() -> str:
+    """The command as the user typed it (set by `ntkrepro.cli`), else this process's argv."""
+    return os.environ.get(runstate.COMMAND_ENV) or shlex.join(sys.argv)
 
 
-def _link_latest(out_dir: Path) -> None:
-    link = out_dir.parent / "latest"
-    tmp = out_dir.parent / f".latest-{os.getpid()}"
-    try:
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        tmp.symlink_to(out_dir.name)
-        os.replace(tmp, link)
-    except OSError as err:  # e.g. file systems without symlinks
-        log.warning("could not update %s: %s", link, err)
+def _close_on_error(folder: runstate.RunFolder, err: BaseException) -> None:
+    """Mark the folder interrupted (a stop signal) or failed (traceback in FAILED.txt)."""
+    if isinstance(err, KeyboardInterrupt):
+        folder.close("interrupted", signal=runstate.interrupted(err).name)
+        return
+    (folder.path / "FAILED.txt").write_text(traceback.format_exc())
+    folder.close("failed")
+    log.error("run failed; traceback in %s", folder.path / "FAILED.txt")
 
 
-def run_figure(cfg: DictConfig, out_dir: Path, task_overrides=()) -> list[claims_mod.Claim]:
-    """Run one figure into `out_dir`; on bad input the folder is removed and `NtkreproError` raised."""
+def _prepare(cfg: DictConfig, task_overrides):
+    """Effective settings (checked), JAX initialised and the experiment module imported."""
     import jax
 
     jax.config.update("jax_enable_x64", bool(cfg.x64))
-    t0 = time.time()
+    jax.devices()  # initialise the backends now, while stop signals are held
     manifest.reset_data()
+    run_cfg = effective_settings(cfg, task_overrides)
+    validate_settings(OmegaConf.to_container(run_cfg, resolve=True), run_cfg.id,
+                      groups=preflight.group_choices(list(task_overrides)))
+    return run_cfg, load_experiment(run_cfg.experiment)
+
+
+def _compute(cfg: DictConfig, out_dir: Path, task_overrides):
+    """Effective settings, experiment module and its metrics; stop signals are held until the imports
+    are done (see `runstate.hold_signals`), then raise `runstate.Interrupted`."""
+    runstate.hold_signals()
     try:
-        run_cfg = effective_settings(cfg, task_overrides)
-        validate_settings(OmegaConf.to_container(run_cfg, resolve=True), run_cfg.id)
-        module = load_experiment(run_cfg.experiment)
-        log.info("figure %s at scale %s -> %s", run_cfg.id, run_cfg.scale, out_dir)
-        metrics = module.run(run_cfg)
+        run_cfg, module = _prepare(cfg, task_overrides)
+    finally:
+        runstate.release_signals()
+    log.info("figure %s at scale %s -> %s", run_cfg.id, run_cfg.scale, out_dir)
+    return run_cfg, module, module.run(run_cfg)
+
+
+def _save(run_cfg, module, metrics, folder: runstate.RunFolder) -> list[claims_mod.Claim]:
+    out_dir = folder.path
+    OmegaConf.save(run_cfg, out_dir / SETTINGS_FILE, resolve=True)
+    metrics.to_csv(out_dir / "metrics.csv", index=False)
+    result = finish(module, metrics, run_cfg, out_dir)
+    man = manifest.build(figure_id=run_cfg.id, scale=run_cfg.scale, seed=int(run_cfg.seed),
+                         wall_time_s=time.time() - folder.t0, command=folder.record["command"],
+                         started=folder.record["started"],
+                         settings=OmegaConf.to_container(run_cfg, resolve=True))
+    manifest.write(man, out_dir / "manifest.json")
+    return result
+
+
+def run_figure(cfg: DictConfig, out_dir: Path, task_overrides=()) -> list[claims_mod.Claim]:
+    """Run one figure into `out_dir`, which it claims first (`runstate.FolderTaken` if another process
+    did); on bad input the folder is removed and `NtkreproError` raised; a failure or a stop signal
+    marks the folder failed or interrupted and propagates."""
+    folder = runstate.RunFolder(out_dir)
+    folder.claim(figure=cfg.figure.id, scale=cfg.scale, seed=cfg.seed, command=command_line(),
+                 overrides=list(task_overrides))
+    try:
+        run_cfg, module, metrics = _compute(cfg, out_dir, task_overrides)
     except NtkreproError:
-        _discard(out_dir)
+        _discard(out_dir, cfg.out_root)
         raise
-    except BaseException:
-        failed = _mark_failed(out_dir)
-        log.error("run failed; traceback in %s", failed / "FAILED.txt")
+    except BaseException as err:
+        _close_on_error(folder, err)
         raise
-    out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        OmegaConf.save(run_cfg, out_dir / SETTINGS_FILE, resolve=True)
-        metrics.to_csv(out_dir / "metrics.csv", index=False)
-        result = finish(module, metrics, run_cfg, out_dir)
-        man = manifest.build(figure_id=run_cfg.id, scale=run_cfg.scale, seed=int(run_cfg.seed),
-                             wall_time_s=time.time() - t0,
-                             settings=OmegaConf.to_container(run_cfg, resolve=True))
-        manifest.write(man, out_dir / "manifest.json")
-    except BaseException:
-        _mark_failed(out_dir)
+        result = _save(run_cfg, module, metrics, folder)
+    except BaseException as err:
+        _close_on_error(folder, err)
         raise
-    _link_latest(out_dir)
-    print(f"\n{run_cfg.id} ({run_cfg.scale}) -> {out_dir}\n{claims_mod.table(result)}", flush=True)
+    folder.close("finished", claims=claims_mod.counts(result))
+    runstate.link_latest(Path(cfg.out_root), run_cfg.id, run_cfg.scale, out_dir)
+    print(f"\n{run_cfg.id} ({run_cfg.scale}) -> {runstate.shown(out_dir)}\n"
+          f"{claims_mod.summary(result, run_cfg.scale)}", flush=True)
     return result
 
 
 def hydra_task(cfg: DictConfig) -> None:
-    """Body of the Hydra app: one-line errors for bad input, exit status 2."""
+    """Body of the Hydra app: one-line errors for bad input (exit 2) and for a stop signal
+    (the folder marked interrupted, exit 128 + signal number)."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    runstate.install_signal_handlers()
     try:
         run_figure(cfg, out_dir, list(hc.overrides.task))
     except NtkreproError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt as err:
+        sig = runstate.interrupted(err)
+        print(f"interrupted by {sig.name}; {runstate.shown(out_dir)} marked interrupted", file=sys.stderr,
+              flush=True)
+        sys.exit(128 + sig.signum)

@@ -1,6 +1,7 @@
-"""Shared test helpers: run the command line in a subprocess, find the shared data root."""
+"""Shared test helpers: run the command line (or make) in a subprocess, read run folders."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "datasets"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
 
 
 def cli(*args, out_root: Path, module: str = "ntkrepro", timeout: int = 600):
@@ -15,11 +17,34 @@ def cli(*args, out_root: Path, module: str = "ntkrepro", timeout: int = 600):
     argv = [sys.executable, "-m", module, *args]
     if module == "ntkrepro":
         argv.append(f"out_root={out_root}")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=ENV)
+
+
+def start(*args, out_root: Path) -> subprocess.Popen:
+    """Start `python -m ntkrepro <args> out_root=<out_root>` without waiting (text pipes)."""
+    return subprocess.Popen([sys.executable, "-m", "ntkrepro", *args, f"out_root={out_root}"], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def make(*args, timeout: int = 600):
+    """Run `make <args>` in the repository with this interpreter as PY."""
+    return subprocess.run(["make", "--no-print-directory", f"PY={sys.executable}", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, env=ENV)
+
+
+def error_line(res) -> str:
+    """The single non-empty stderr line of a rejected command (asserts there is exactly one)."""
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    return lines[0]
 
 
 def finished_runs(out_root: Path) -> list[Path]:
     """Folders under out_root that look like a finished run (they hold metrics.csv or claims.json)."""
     return sorted({p.parent for pat in ("metrics.csv", "claims.json", "manifest.json")
                    for p in Path(out_root).rglob(pat)})
+
+
+def run_record(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "run.json").read_text())

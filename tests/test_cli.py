@@ -1,51 +1,141 @@
-"""Bad input on the command line: one clear line, non-zero exit, nothing that looks like a result."""
+"""The command line a user meets first: help, strict settings (one line, exit 2, no folder), data errors."""
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
-from helpers import cli, finished_runs
+from helpers import ENV, REPO, cli, error_line, finished_runs
+from ntkrepro.cli import _title
+from ntkrepro import data
+from ntkrepro.registry import figure_ids
 
-BAD = [
+# rejected before Hydra runs: one line, exit status 2, not even an empty folder
+STRICT = [
     (["figure=lee-s99"], "unknown figure 'lee-s99'"),
     (["figure=lee-s9", "scale=huge"], "unknown scale 'huge'"),
     ([], "no figure given"),
-    (["figure=lee-s9", "figure.paper.widths=[0,8]"], "widths must be a positive integer"),
-    (["figure=lee-s9", "figure.smoke.widths=[8,-3]"], "widths must be a positive integer"),
-    (["figure=lee-s9", "figure.paper.depths=[0]"], "depths must be a positive integer"),
+    (["scale=smoke"], "no figure given"),
+    (["figure=lee-s9", "figure.paper.w_var=abc"], "figure.paper.w_var must be a float, got 'abc'"),
+    (["figure=lee-s9", "seed=abc"], "seed must be a non-negative integer, got 'abc'"),
+    (["figure=lee-s9", "seed=-1"], "seed must be a non-negative integer, got -1"),
+    (["figure=lee-s9", "x64=maybe"], "x64 must be true or false, got 'maybe'"),
+    (["figure=lee-s9", "x64=1"], "x64 must be true or false, got 1"),
+    (["figure=lee-s9", "figure.paper.widthz=[8,16]"],
+     "unknown setting figure.paper.widthz for figure lee-s9; known settings: figure.paper.widths"),
+    (["figure=lee-s9", "+figure.paper.widthz=[8,16]"], "unknown setting figure.paper.widthz for figure lee-s9"),
+    (["figure=lee-s9", "++figure.smoke.widthz=[8,16]"], "unknown setting figure.smoke.widthz for figure lee-s9"),
+    (["figure=lee-s9", "widths=[8,16]"], "unknown setting widths; known settings:"),
+    (["figure=lee-s9", "figure.title=x"], "unknown setting figure.title"),
+    (["figure=lee-1", "figure.paper.panels.mnist_relu.depth=0"],
+     "figure.paper.panels.mnist_relu.depth must be a positive integer, got 0"),
+    (["figure=lee-1", "figure.paper.panels.mnist_relu.steps=abc"],
+     "figure.paper.panels.mnist_relu.steps must be an integer, got 'abc'"),
+    (["figure=jacot-2", "figure.paper.ref_width=0"], "figure.paper.ref_width must be a positive integer, got 0"),
+    (["figure=liu-t1", "figure.paper.bottleneck_width=0"],
+     "figure.paper.bottleneck_width must be a positive integer, got 0"),
+    (["figure=lee-s9", "figure.paper.widths=[0,8]"], "figure.paper.widths must be a positive integer, got 0"),
+    (["figure=lee-s9", "figure.smoke.widths=[8,-3]"], "figure.smoke.widths must be a positive integer, got -3"),
+    (["figure=lee-s9", "figure.paper.depths=[0]"], "figure.paper.depths must be a positive integer"),
+    (["figure=lee-s9", "figure.paper.widths=8"], "figure.paper.widths must be a list of integers, got 8"),
     (["figure=lee-s9", "figure.paper.activation=relux"], "unknown activation 'relux'"),
-    (["figure=lee-s9", "+figure.paper.lr=-0.5"], "learning rate) must be positive"),
-    (["figure=lee-s9", "figure.paper.inputs=mnist", "data.source=npz", "data.root=/nonexistent/dir"],
-     "does not exist"),
-    (["figure=lee-s9", "figure.paper.inputs=mnist", "figure.smoke.n_inputs=999999",
-      "data.source=sample"], "999999"),
+    (["figure=lee-1", "+figure.paper.lr=-0.5"], "figure.paper.lr (learning rate) must be positive"),
+    (["figure=lee-s3", "figure.cpu.ode_lr=0"], "figure.cpu.ode_lr (learning rate) must be positive"),
+    (["figure=lee-s9", "figure.paper.w_var=0"], "figure.paper.w_var (weight variance) must be positive"),
+    (["figure=lee-s9", "figure.paper.b_var=-0.1"], "figure.paper.b_var (bias variance) must be >= 0"),
+    (["figure=lee-s9", "figure.paper.evaluate_claims=maybe"], "must be true or false, got 'maybe'"),
+    (["figure=lee-s9", "data.source=s3"], "unknown data source 's3'"),
+    (["figure=lee-s9", "seed=0,1"], "add -m (--multirun)"),
+    (["-m", "figure=lee-s9,lee-s10", "seed=0,-1"], "seed must be a non-negative integer, got -1"),
+    (["-m", "figure=lee-s9", "seed=range(-2,1)"], "seed must be a non-negative integer, got -2"),
+    (["-m", "figure=lee-s9", "figure.paper.w_var=choice(1.0,abc)"], "figure.paper.w_var must be a float"),
+    (["-m", "figure=lee-s9,liu-2", "figure.paper.mc_samples=[1]"],
+     "unknown setting figure.paper.mc_samples for figure liu-2"),
+    (["figure=lee-s9", "task@figure.paper.task=mnistx"], "unknown task 'mnistx'; choose one of:"),
+    (["figure=lee-s9", "task@figure.paper.task=mnist", "figure.paper.task.n_train=0"],
+     "figure.paper.task.n_train must be a positive integer, got 0"),
+    (["figure=lee-s9", "figure.paper.widths=[8,16"], "cannot read 'figure.paper.widths=[8,16'"),
 ]
 
 
-@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) or "none" for a, _ in BAD])
-def test_bad_input_gives_one_line(tmp_path, args, message):
+@pytest.mark.parametrize("args,message", STRICT, ids=[" ".join(a) or "none" for a, _ in STRICT])
+def test_bad_setting_is_one_line_exit_2_no_folder(tmp_path, args, message):
+    res = cli(*args, out_root=tmp_path / "out")
+    assert res.returncode == 2, res.stdout + res.stderr
+    line = error_line(res)
+    assert line.startswith("error: ") and message in line, line
+    assert not (tmp_path / "out").exists()  # not even an empty folder
+
+
+# rejected by the run itself (the data): one line, exit 2, its folder removed
+DATA = [
+    (["figure=lee-s9", "task@figure.paper.task=mnist", "data.source=npz", "data.root=/nonexistent/dir"],
+     "does not exist"),
+    (["figure=lee-1", "scale=cpu", "data.source=npz"], "data.source=npz needs a data root"),
+]
+
+
+@pytest.mark.parametrize("args,message", DATA, ids=[" ".join(a) for a, _ in DATA])
+def test_bad_data_is_one_line_and_leaves_no_folder(tmp_path, args, message):
     res = cli(*args, out_root=tmp_path)
-    assert res.returncode != 0
-    err_lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(err_lines) == 1, res.stderr
-    assert err_lines[0].startswith("error: ")
-    assert message in err_lines[0]
-    assert "Traceback" not in res.stdout + res.stderr
-    assert finished_runs(tmp_path) == []
-    # nothing at all is left behind for input rejected before any work
-    assert not [p for p in tmp_path.rglob("*") if p.is_file()], list(tmp_path.rglob("*"))
+    assert res.returncode == 2
+    assert message in error_line(res)
+    assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))
 
 
 def test_too_many_examples_names_the_available_count(tmp_path):
-    res = cli("figure=lee-s9", "figure.paper.inputs=mnist", "figure.smoke.n_inputs=999999",
+    res = cli("figure=lee-s9", "task@figure.paper.task=mnist", "figure.smoke.task.n_train=999999",
               "data.source=sample", out_root=tmp_path)
-    assert "holds" in res.stderr and res.returncode != 0
+    held = data.load_raw("mnist", "train", source="sample")[2]["n_available"]
+    line = error_line(res)
+    assert res.returncode == 2 and "asked for 999999 train examples of mnist" in line
+    assert f"holds {held};" in line and held == 2000
+    assert finished_runs(tmp_path) == []
 
 
 def test_data_set_missing_from_root(tmp_path):
     root = tmp_path / "empty_root"
     root.mkdir()
-    res = cli("figure=lee-s9", "figure.paper.inputs=cifar10", "data.source=npz", f"data.root={root}",
+    res = cli("figure=lee-s9", "task@figure.paper.task=cifar10", "data.source=npz", f"data.root={root}",
               out_root=tmp_path / "out")
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert res.returncode != 0 and len(lines) == 1 and "not found" in lines[0], res.stderr
+    assert res.returncode == 2 and "not found" in error_line(res)
     assert finished_runs(tmp_path / "out") == []
+
+
+def test_cpu_scale_without_data_names_both_fixes(tmp_path):
+    if data.tfds_available():
+        pytest.skip("tensorflow-datasets works here: auto would use it")
+    res = cli("figure=lee-1", "scale=cpu", out_root=tmp_path)
+    assert res.returncode == 2
+    assert error_line(res) == ("error: no data source for mnist: pass data.root=<dir holding mnist.npz> or "
+                               "install the tfds extra (pip install -e '.[tfds]') on a connected machine")
+
+
+def _bare(*args):
+    """python -m ntkrepro <args> exactly as given (no out_root appended)."""
+    return subprocess.run([sys.executable, "-m", "ntkrepro", *args], capture_output=True, text=True, cwd=REPO,
+                          env=ENV, timeout=120)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], [], ["figure=lee-s9", "--help"]],
+                         ids=["--help", "-h", "no-args", "figure-and-help"])
+def test_help_lists_usage_and_every_figure_with_times(args):
+    res = _bare(*args)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    for text in ("usage: python -m ntkrepro figure=<id> scale=<smoke|cpu|paper>", "figure.paper.<key>=<value>",
+                 "`+` is accepted but never needed", "-m figure=lee-s9,lee-s10", "python -m ntkrepro.runs",
+                 "<out_root>/multirun/", "--hydra-help"):
+        assert text in res.stdout, text
+    rows = {line.split()[0]: line for line in res.stdout.splitlines() if line.startswith("  ") and line.split()}
+    for fid in figure_ids():
+        assert fid in rows and _title(fid) in rows[fid], fid
+    assert "min" in rows["lee-s6"]  # its measured cpu time
+
+
+def test_hydra_flags_pass_through(tmp_path):
+    res = _bare("--hydra-help")
+    assert res.returncode == 0 and "Hydra" in res.stdout
+    res = cli("--cfg", "job", "figure=lee-1", "figure.paper.panels.mnist_relu.steps=4", out_root=tmp_path)
+    assert res.returncode == 0 and "steps: 4" in res.stdout
+    assert not any(tmp_path.iterdir())

@@ -1,4 +1,5 @@
-"""Data layer: sources (npz root, mocked tfds, shipped samples, real shared data), selection, encodings, errors."""
+"""Data layer: sources (npz root, tfds mocked and real, shipped samples, real shared data), selection,
+encodings, errors."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -116,18 +117,50 @@ def test_tfds_failure_is_one_line_with_cause(monkeypatch):
     assert "download failed: host unreachable" in one_line(err) and "data.root" in str(err.value)
 
 
-def test_tfds_not_installed(monkeypatch):
+@pytest.fixture
+def fresh_probe():
+    """The tfds probe is cached per process: clear it around a test that changes what imports."""
+    data.tfds_available.cache_clear()
+    yield
+    data.tfds_available.cache_clear()
+
+
+def test_tfds_not_installed(monkeypatch, fresh_probe):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
     with pytest.raises(DataError) as err:
         data.load_raw("mnist", "train", source="tfds")
-    assert "pip install -e .[tfds]" in one_line(err)
-    assert data.resolve_source("auto") == "sample"  # auto falls back to the shipped sample
-    assert data.load_raw("mnist", "test")[2]["source"] == "sample"
+    assert "pip install -e '.[tfds]'" in one_line(err)
+    assert not data.tfds_available()
+    with pytest.raises(DataError) as err:  # auto never picks a source that cannot load
+        data.load_raw("cifar10", "test")
+    assert one_line(err) == ("no data source for cifar10: pass data.root=<dir holding cifar10.npz> or install "
+                             "the tfds extra (pip install -e '.[tfds]') on a connected machine")
+    assert data.load_raw("mnist", "test", source="sample")[2]["source"] == "sample"
+
+
+def test_tfds_probe_agrees_with_a_real_import(tmp_path, fresh_probe):
+    """No mock: import tensorflow-datasets and go as far as its MNIST builder does before downloading."""
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        pytest.skip("tensorflow-datasets is not installed (the tfds extra)")
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder("mnist", data_dir=str(tmp_path))
+        assert builder.code_path  # imports importlib_resources (undeclared by tfds 4.9)
+        importlib.import_module("array_record")  # what data_source reads
+        importlib.import_module("tensorflow")  # what the MNIST builder prepares the files with
+        works = True
+    except ImportError:
+        works = False
+    assert data.tfds_available() is works
+    if not works:
+        with pytest.raises(DataError, match="install the tfds extra"):
+            data.resolve_source("auto", name="mnist")
 
 
 def test_auto_source_resolution(tmp_path):
     assert data.resolve_source("auto", tmp_path) == "npz"
-    if importlib.util.find_spec("tensorflow_datasets") is not None:
+    if data.tfds_available():
         assert data.resolve_source("auto") == "tfds"
     with pytest.raises(ConfigError) as err:
         data.resolve_source("s3")

@@ -1,0 +1,173 @@
+"""Run folders and their state, kept in `<run>/run.json`.
+
+A run claims its folder by creating `run.json` exclusively (a hard link: atomic, complete) (state `running`, host, pid, start time,
+command line) and rewrites it when it ends: `finished` (with claim counts), `failed` (traceback in
+`FAILED.txt`) or `interrupted` (SIGINT, SIGTERM or SIGHUP).  A folder still marked `running` whose
+process no longer exists on this host (e.g. killed by SIGKILL) reads as `stale`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from datetime import datetime
+from pathlib import Path
+
+from ntkrepro.errors import NtkreproError
+
+log = logging.getLogger("ntkrepro")
+RUN_FILE = "run.json"
+COMMAND_ENV = "NTKREPRO_COMMAND"  # the command as typed (set by ntkrepro.cli), recorded with each run
+STATES = ("running", "finished", "failed", "interrupted", "stale")
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class FolderTaken(NtkreproError):
+    """Another process already claimed the run folder."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) arrived; the exit status is 128 + signum."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signum)
+        self.signum = int(signum)
+        self.name = signal.Signals(signum).name
+
+
+_held = {"on": False, "pending": None}  # see hold_signals
+
+
+def _raise_interrupted(signum, frame):
+    if _held["on"]:
+        _held["pending"] = signum
+        return
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGINT, SIGTERM and SIGHUP into `Interrupted` (main thread only; no-op elsewhere)."""
+    try:
+        for sig in SIGNALS:
+            signal.signal(sig, _raise_interrupted)
+    except ValueError:  # not the main thread
+        pass
+
+
+def hold_signals() -> None:
+    """Keep a stop signal pending until `release_signals`: an exception raised while a C extension
+    such as numpy or jaxlib initialises can crash the interpreter, so imports run with signals held."""
+    _held["on"] = True
+
+
+def release_signals() -> None:
+    """Stop holding; a stop signal that arrived meanwhile raises `Interrupted` now."""
+    _held["on"] = False
+    signum, _held["pending"] = _held["pending"], None
+    if signum is not None:
+        raise Interrupted(signum)
+
+
+def interrupted(err: BaseException) -> Interrupted:
+    """The `Interrupted` for a KeyboardInterrupt (a plain one is SIGINT)."""
+    return err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
+
+
+def shown(path: Path) -> str:
+    """A path as printed: relative to the working directory when inside it."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def now_iso() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+class RunFolder:
+    """The folder of one run and its `run.json`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.record: dict = {}
+        self.t0 = time.time()
+
+    def claim(self, **fields) -> dict:
+        """Create `run.json` (state running) exclusively; `FolderTaken` if another process did."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.record = {"state": "running", "host": socket.gethostname(), "pid": os.getpid(),
+                       "started": now_iso(), "ended": None, "wall_time_s": None, **fields}
+        tmp = self._write_tmp()
+        try:
+            os.link(tmp, self.path / RUN_FILE)  # atomic and exclusive: fails if run.json exists
+        except FileExistsError:
+            raise FolderTaken(f"{self.path} already belongs to another run ({RUN_FILE} exists); "
+                              "start this run again (it gets a new folder)") from None
+        finally:
+            tmp.unlink()
+        self.t0 = time.time()
+        return self.record
+
+    def close(self, state: str, **fields) -> None:
+        """Record how the run ended (finished, failed or interrupted)."""
+        self.record.update(state=state, ended=now_iso(), wall_time_s=round(time.time() - self.t0, 3),
+                           **fields)
+        os.replace(self._write_tmp(), self.path / RUN_FILE)
+
+    def _write_tmp(self) -> Path:
+        tmp = self.path / f".{RUN_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps(self.record, indent=2) + "\n")
+        return tmp
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def state(record: dict) -> str:
+    """The recorded state, or `stale` for a run marked running whose process is gone from this host."""
+    if (record.get("state") == "running" and record.get("host") == socket.gethostname()
+            and not _alive(int(record.get("pid", 0)))):
+        return "stale"
+    return record.get("state", "unknown")
+
+
+def read(run_dir: Path) -> dict | None:
+    """A run's record with its current state (None if the folder has no readable run.json)."""
+    try:
+        record = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return {**record, "state": state(record)}
+
+
+def find(out_root: Path) -> list[tuple[Path, dict]]:
+    """(folder, record) of every run under out_root, oldest first."""
+    runs = []
+    for path in Path(out_root).rglob(RUN_FILE):
+        record = read(path.parent)
+        if record is not None and not path.parent.is_symlink():
+            runs.append((path.parent, record))
+    return sorted(runs, key=lambda r: str(r[1].get("started", "")))
+
+
+def link_latest(out_root: Path, figure_id: str, scale: str, run_dir: Path) -> None:
+    """Point `<out_root>/<id>/<scale>/latest` (relative symlink) at a finished run."""
+    parent = Path(out_root) / figure_id / scale
+    parent.mkdir(parents=True, exist_ok=True)
+    link, tmp = parent / "latest", parent / f".latest-{os.getpid()}"
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(os.path.relpath(Path(run_dir).resolve(), parent.resolve()))
+        os.replace(tmp, link)
+    except OSError as err:  # e.g. file systems without symlinks
+        log.warning("could not update %s: %s", link, err)

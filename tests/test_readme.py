@@ -1,0 +1,57 @@
+"""The README's commands work as written: every smoke-scale `python -m ntkrepro ...` / `make figure-...`
+line, `--help` and `python -m ntkrepro.runs` of its shell blocks runs (into a temporary out_root)."""
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ENV, REPO, run_record
+
+
+def shell_lines(text: str) -> list[str]:
+    """The command lines of the ```bash blocks (comments dropped)."""
+    blocks = re.findall(r"^ *```bash\n(.*?)^ *```", text, flags=re.S | re.M)
+    lines = [line.split(" #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def runnable(line: str) -> bool:
+    """Smoke-scale figure runs, help and the runs listing (cpu and paper runs take minutes to hours)."""
+    if line.startswith("python -m ntkrepro.runs"):
+        return True
+    if line.startswith("python -m ntkrepro "):
+        return "scale=smoke" in line or line.endswith("--help")
+    return line.startswith("make figure-") and "SCALE=smoke" in line
+
+
+COMMANDS = [line for line in shell_lines((REPO / "README.md").read_text()) if runnable(line)]
+
+
+def test_readme_has_commands_to_check():
+    assert len(COMMANDS) >= 4, COMMANDS
+    assert any(line.startswith("make figure-") for line in COMMANDS)
+    assert any(" -m figure=" in line for line in COMMANDS)  # a sweep
+
+
+def as_run(line: str, out_root) -> list[str]:
+    """The line as written, with this interpreter and the outputs sent to out_root."""
+    words = shlex.split(line)
+    if words[0] == "make":
+        return ["make", "--no-print-directory", f"PY={sys.executable}", *words[1:], f"ARGS=out_root={out_root}"]
+    words[0] = sys.executable
+    if words[2] == "ntkrepro.runs":
+        return [*words, "--out-root", str(out_root)]
+    return words if "--help" in words else [*words, f"out_root={out_root}"]
+
+
+@pytest.mark.parametrize("line", COMMANDS)
+def test_readme_command_works_as_written(tmp_path, line):
+    res = subprocess.run(as_run(line, tmp_path), capture_output=True, text=True, cwd=REPO, env=ENV, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    if "figure=" in line or line.startswith("make"):
+        records = [run_record(p.parent) for p in tmp_path.rglob("run.json")]
+        assert records and all(r["state"] == "finished" for r in records)

@@ -1,0 +1,206 @@
+"""Run folders: unique per run, states in run.json (finished, failed, interrupted, stale), sweeps,
+`make figure-<id>`, `make figures`, `python -m ntkrepro.runs` and conf/timings.yaml."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from helpers import cli, make, run_record, start
+from ntkrepro import runner, runs, runstate, timings
+from ntkrepro.errors import DataError
+from ntkrepro.registry import CONF_DIR, figure_ids
+
+CHEAP = ("figure.smoke.widths=[8,16]", "figure.smoke.mc_samples=[1,2]")  # lee-s9 / lee-s10 in a second
+SLOW = ("figure=lee-s9", "scale=smoke", "figure.smoke.widths=[64,128,256,512]",
+        "figure.smoke.mc_samples=[8,32]", "figure.smoke.task.n_train=16")  # several seconds, short steps
+
+
+def test_make_figure_runs_the_figure(tmp_path):
+    res = make("figure-lee-s10", "SCALE=smoke", f"ARGS=out_root={tmp_path} {' '.join(CHEAP)}")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "Nothing to be done" not in res.stdout
+    record = run_record(tmp_path / "lee-s10" / "smoke" / "latest")
+    assert record["state"] == "finished" and record["scale"] == "smoke"
+
+
+def test_make_figures_goes_on_past_a_failure_and_ends_with_a_table(tmp_path):
+    # figure.smoke.n_show exists for lee-s10 but not for liu-2: liu-2 is rejected, lee-s10 still runs
+    res = make("figures", "SCALE=smoke", "FIGURES=liu-2 lee-s10",
+               f"ARGS=out_root={tmp_path} figure.smoke.n_show=3 {' '.join(CHEAP)}")
+    assert res.returncode != 0
+    table = res.stdout[res.stdout.index("make figures SCALE=smoke: 1 of 2 finished"):].splitlines()
+    assert table[1].split()[:2] == ["figure", "status"] and "paper claims passed/evaluated" in table[1]
+    assert re.match(r"liu-2\s+error \(exit 2\)\s+-\s+\S+ (s|min)$", table[2]), table
+    assert re.match(r"lee-s10\s+finished\s+0/0 \(4 not evaluated\)\s+\S+ (s|min)$", table[3]), table
+    assert "unknown setting figure.smoke.n_show for figure liu-2" in res.stderr
+    assert run_record(tmp_path / "lee-s10" / "smoke" / "latest")["state"] == "finished"
+
+
+def test_sweep_over_figures_and_seeds(tmp_path):
+    res = cli("-m", "figure=lee-s9,lee-s10", "scale=smoke", "seed=0,1", *CHEAP, out_root=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-[0-9a-f]{6}", sweep.name)
+    assert (sweep / "multirun.yaml").is_file()
+    folders = sorted(p.relative_to(sweep).as_posix() for p in sweep.glob("*/smoke/*"))
+    assert folders == ["lee-s10/smoke/2_seed=0", "lee-s10/smoke/3_seed=1",
+                       "lee-s9/smoke/0_seed=0", "lee-s9/smoke/1_seed=1"]  # swept values only
+    for folder in folders:
+        record, man = run_record(sweep / folder), json.loads((sweep / folder / "manifest.json").read_text())
+        assert record["state"] == "finished" and man["seed"] == int(folder[-1]) == record["seed"]
+        assert man["figure"] == folder.split("/")[0] and man["command"].startswith("python -m ntkrepro -m")
+    for fid, newest in (("lee-s9", "1_seed=1"), ("lee-s10", "3_seed=1")):
+        link = tmp_path / fid / "smoke" / "latest"
+        assert not os.path.isabs(os.readlink(link)) and link.resolve() == (sweep / fid / "smoke" / newest)
+
+
+def test_runs_started_together_get_their_own_folders(tmp_path):
+    procs = [start("figure=lee-s10", "scale=smoke", f"seed={seed}", "figure.smoke.n_show=3", *CHEAP,
+                   out_root=tmp_path) for seed in (0, 1)]
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read()[-2000:]
+    folders = sorted(p for p in (tmp_path / "lee-s10" / "smoke").iterdir() if not p.is_symlink())
+    assert len(folders) == 2
+    for folder in folders:
+        seed = json.loads((folder / "manifest.json").read_text())["seed"]
+        assert f"seed={seed}" in (folder / ".hydra" / "overrides.yaml").read_text()
+        settings = yaml.safe_load((folder / "settings.yaml").read_text())
+        assert settings["seed"] == seed and settings["n_show"] == 3  # a key the smoke preset lacks, no `+`
+
+
+@pytest.fixture
+def slow_run(tmp_path):
+    """A run that takes several seconds, once its run.json says running -> (process, run folder)."""
+    proc = start(*SLOW, out_root=tmp_path)
+    try:
+        deadline = time.time() + 300
+        while not list(tmp_path.rglob("run.json")):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        (found,) = tmp_path.rglob("run.json")
+        yield proc, found.parent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)],
+                         ids=["SIGTERM", "SIGINT", "SIGHUP"])
+def test_a_stop_signal_marks_the_run_interrupted(tmp_path, slow_run, sig, code):
+    proc, folder = slow_run
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err
+    assert err.strip() == f"interrupted by {sig.name}; {folder} marked interrupted", err
+    record = run_record(folder)
+    assert record["state"] == "interrupted" and record["signal"] == sig.name and record["ended"]
+    assert not (tmp_path / "lee-s9" / "smoke" / "latest").exists()
+
+
+def test_a_killed_run_reads_as_stale(tmp_path, slow_run):
+    proc, folder = slow_run
+    assert runstate.read(folder)["state"] == "running"
+    proc.kill()
+    proc.wait()
+    assert runstate.read(folder)["state"] == "stale"
+    res = cli("--out-root", str(tmp_path), out_root=tmp_path, module="ntkrepro.runs")
+    (row,) = res.stdout.splitlines()[1:]
+    assert row.split()[:3] == ["lee-s9", "smoke", "stale"] and str(folder) in row
+
+
+def test_a_folder_is_claimed_once(tmp_path):
+    first = runstate.RunFolder(tmp_path / "run")
+    first.claim(figure="x")
+    with pytest.raises(runstate.FolderTaken, match="already belongs to another run"):
+        runstate.RunFolder(tmp_path / "run").claim(figure="y")
+    assert runstate.read(tmp_path / "run")["figure"] == "x"
+
+
+@pytest.fixture
+def fake_experiment(tmp_path, monkeypatch):
+    """A composed lee-s10 config whose experiment module raises what the test asks for."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def configure(error: str):
+        name = f"fake_experiment_{abs(hash((str(tmp_path), error)))}"
+        (tmp_path / f"{name}.py").write_text("from ntkrepro.errors import DataError\n"
+                                             "from ntkrepro.runstate import Interrupted\n"
+                                             f"def run(cfg):\n    raise {error}\n")
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=["figure=lee-s10", f"out_root={tmp_path}"])
+        cfg.figure.experiment = name
+        return cfg
+    return configure
+
+
+def test_a_crash_marks_the_run_failed_and_keeps_its_folder(tmp_path, fake_experiment):
+    folder = tmp_path / "run"
+    with pytest.raises(ZeroDivisionError):
+        runner.run_figure(fake_experiment("ZeroDivisionError('boom')"), folder)
+    assert run_record(folder)["state"] == "failed" and "ZeroDivisionError: boom" in (folder / "FAILED.txt").read_text()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("run")] == ["run"]  # no -FAILED rename
+
+
+def test_bad_input_removes_the_folder_and_a_signal_marks_it(tmp_path, fake_experiment):
+    with pytest.raises(DataError):
+        runner.run_figure(fake_experiment("DataError('no data')"), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(runstate.Interrupted):
+        runner.run_figure(fake_experiment("Interrupted(15)"), tmp_path / "stopped")
+    assert runstate.read(tmp_path / "stopped")["signal"] == "SIGTERM"
+
+
+def _fake_run(root, name, **record):
+    folder = root / record["figure"] / record["scale"] / name
+    folder.mkdir(parents=True)
+    base = {"host": socket.gethostname(), "pid": os.getpid(), "started": f"2026-01-01T00:00:0{name[-1]}"}
+    (folder / "run.json").write_text(json.dumps({**base, **record}))
+    return folder
+
+
+def test_runs_lists_each_state_and_rewrites_timings(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    counts = {"passed": 4, "failed": 0, "not_evaluated": 0, "paper_passed": 4, "paper_evaluated": 4}
+    _fake_run(tmp_path, "r1", figure="lee-s9", scale="cpu", state="finished", wall_time_s=80.0, claims=counts)
+    _fake_run(tmp_path, "r2", figure="lee-s9", scale="cpu", state="finished", wall_time_s=90.0, claims=counts)
+    _fake_run(tmp_path, "r3", figure="lee-s9", scale="smoke", state="failed", wall_time_s=1.0)
+    _fake_run(tmp_path, "r4", figure="lee-s10", scale="smoke", state="interrupted", signal="SIGTERM")
+    _fake_run(tmp_path, "r5", figure="lee-s10", scale="cpu", state="running", pid=dead.pid)
+    _fake_run(tmp_path, "r6", figure="lee-s10", scale="paper", state="running")  # this process: alive
+    rows = [line.split()[:4] for line in runs.listing(tmp_path).splitlines()]
+    assert rows == [["figure", "scale", "state", "claims"], ["lee-s10", "smoke", "interrupted", "-"],
+                    ["lee-s10", "cpu", "stale", "-"], ["lee-s10", "paper", "running", "-"],
+                    ["lee-s9", "smoke", "failed", "-"], ["lee-s9", "cpu", "finished", "4/4"],
+                    ["lee-s9", "cpu", "finished", "4/4"]]
+    assert runs.listing(tmp_path, figure="lee-s9", scale="cpu").count("finished") == 2
+
+    path = tmp_path / "timings.yaml"
+    path.write_text(timings.TIMINGS_FILE.read_text())
+    before = timings.load(path)
+    after = timings.update(tmp_path, path)
+    assert timings.load(path) == after
+    assert after["times"]["lee-s9"]["cpu"] == 90.0  # the latest finished run
+    assert "lee-s9.cpu" not in after["from_readme"] and "lee-s9.cpu" in before["from_readme"]
+    assert after["times"]["lee-s10"] == before["times"]["lee-s10"]  # no finished run: kept
+    assert "# cpu, paper: copied from README.md" in path.read_text()
+
+
+def test_timings_file_lists_registered_figures():
+    data = timings.load()
+    assert data["machine"] and data["date"] and set(data["from_readme"]) <= {
+        f"{fid}.{scale}" for fid in data["times"] for scale in ("cpu", "paper")}
+    for fid, row in data["times"].items():
+        assert fid in figure_ids() and set(row) == {"smoke", "cpu", "paper"}, fid
+        assert all(v is None or (isinstance(v, (int, float)) and v > 0) for v in row.values()), row
