@@ -10,8 +10,9 @@ quality model for similar value of normalized learning rate eta_std = eta_NTK / 
 Both parameterizations start from the *same function*: with one PRNG key the NTK weights omega and
 the standard weights W = sigma_w / sqrt(n_l) omega are the same draw (`ntkrepro.nets.Dense`), so any
 difference comes from the training dynamics alone.  Every run of one (data set, activation, loss,
-parameterization) sees the same minibatches; its learning rates are trained together, `jax.vmap`
-over eta inside one jitted `lax.scan` over steps.
+parameterization) sees the same minibatches (`ntkrepro.train.batch_schedule`); its learning rates are
+trained together, one `ntkrepro.train.fit` vmapped over eta.  Losses are batch means
+(`ntkrepro.train.LOSSES`); MSE regresses zero-mean one-hot targets (one-hot minus 1/k, same argmax).
 
 Divergence is recorded, never dropped and never fatal: a run is `diverged` when its loss or its
 parameters become non-finite, or when the mean training loss over the last tenth of the steps exceeds
@@ -26,38 +27,26 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import data, plotting
+from ntkrepro import models, plotting, precision, tasks
 from ntkrepro.errors import ConfigError
-from ntkrepro.linearize import mse_loss, xent_loss
-from ntkrepro.manifest import record_data
-from ntkrepro.nets import init_params, make_mlp
+from ntkrepro.train import Trainer, accuracy, batch_schedule, fit
 
-LOSSES = {"xent": xent_loss, "mse": mse_loss}
 DATASET_LABEL = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 COLORS = {("relu", "xent"): "tab:blue", ("relu", "mse"): "tab:orange",
           ("tanh", "xent"): "tab:green", ("tanh", "mse"): "tab:red"}
 MARKERS = {"ntk": "o", "standard": "^"}
 
 
-def _dtype(cfg):
-    name = str(cfg.get("dtype", "float32"))
-    if name not in ("float32", "float64"):
-        raise ConfigError(f"dtype must be float32 or float64, got '{name}'; set figure.paper.dtype")
-    if name == "float64" and not jax.config.jax_enable_x64:
-        raise ConfigError("dtype=float64 needs x64=true")
-    return jnp.float32 if name == "float32" else jnp.float64
-
-
 def _datasets(cfg) -> list[str]:
     names = list(cfg.datasets)
     for name in names:
-        if name not in cfg.log2_lrs:
-            raise ConfigError(f"no learning-rate grid for {name}; set figure.paper.log2_lrs.{name}")
+        for block in ("log2_lrs", "tasks"):
+            if name not in cfg[block]:
+                raise ConfigError(f"no {block} entry for {name}; set figure.paper.{block}.{name}")
     return names
 
 
@@ -69,138 +58,87 @@ def lr_grid(cfg, name: str) -> np.ndarray:
     return 2.0 ** np.arange(first, last + 1, stride, dtype=np.float64)
 
 
-def load(cfg, name: str):
-    """(train, test) Datasets: flattened, per-image standardized images, one-hot targets."""
-    common = dict(flatten=True, standardize=cfg.standardize, targets="onehot", selection=cfg.selection,
-                  source=cfg.data.source, root=cfg.data.root, seed=cfg.seed)
-    tr = data.prepare(name, split="train", n=int(cfg.n_train), **common)
-    te = data.prepare(name, split="test", n=int(cfg.n_test), **common)
-    for split, ds in (("train", tr), ("test", te)):
-        record_data(f"{name}-{split}", ds.info["source"], [ds.x, ds.y], n=len(ds.x),
-                    standardize=cfg.standardize, selection=cfg.selection)
-    return tr, te
+def train_grid(apply_fn, loss: str, params0, lrs, x, y, x_test, *, steps: int, batch_size: int,
+               seed: int) -> dict:
+    """Minibatch SGD from `params0` for every learning rate in `lrs` at once (one vmapped `fit`, one
+    sequence of minibatches).  Per learning rate: the minibatch loss at step 0 (`initial`) and at each
+    of the last tenth of the steps (`late`, before their updates), whether the parameters stayed
+    finite, the final test logits and the final loss on the whole training set."""
+    trainer = Trainer(apply_fn, loss=loss, batch_size=batch_size)
+    batches = batch_schedule(len(x), batch_size, steps, seed)
+    late = list(range(steps - max(1, steps // 10), steps))
+    loss_on = jax.jit(jax.vmap(trainer.loss, in_axes=(0, None, None)))
+    predict = jax.jit(jax.vmap(trainer.predict, in_axes=(0, None)))
+
+    def observe(step, state):
+        if step == steps:
+            return np.asarray(predict(state, x_test), np.float64), np.asarray(loss_on(state, x, y), np.float64)
+        return np.asarray(loss_on(state, x[batches[step]], y[batches[step]]), np.float64)
+
+    res = fit(trainer, params0, x, y, steps=steps, record_at=[0, *late], observe=observe, seed=seed,
+              lr=lrs, batched=True, shared_params=True, track_loss=False)
+    at = dict(zip(res.steps, res.records))
+    logits, train_loss = at[steps]
+    return dict(initial=at[0], late=np.stack([at[s] for s in late], 1), finite=~np.asarray(res.diverged),
+                logits=logits, train_loss=train_loss)
 
 
-def mse_targets(y_onehot: np.ndarray) -> np.ndarray:
-    """Zero-mean one-hot targets for MSE (one-hot minus 1/k); argmax is unchanged."""
-    return y_onehot - 1.0 / y_onehot.shape[1]
-
-
-def batch_indices(n: int, batch: int, steps: int, seed: int) -> np.ndarray:
-    """(steps, batch) example indices: shuffled epochs without replacement, reshuffled each epoch."""
-    batch = min(batch, n)
-    rng = np.random.default_rng(seed)
-    per_epoch = n // batch
-    epochs = -(-steps // per_epoch)
-    rows = [rng.permutation(n)[: per_epoch * batch].reshape(per_epoch, batch) for _ in range(epochs)]
-    return np.concatenate(rows)[:steps]
-
-
-def make_grid_trainer(apply_fn, loss_fn, steps: int):
-    """jit(vmap over learning rates) of an SGD scan: (params0, lrs, x, y, idx, x_test) -> results.
-
-    Returns per learning rate: the loss of every step (before its update), whether any parameter is
-    non-finite at the end, the final test logits and the final full-training-set loss.
-    """
-
-    def one(params0, lr, x, y, idx, x_test):
-        opt = optax.sgd(lr)
-
-        def body(carry, ind):
-            params, state = carry
-            value, grads = jax.value_and_grad(lambda p: loss_fn(apply_fn(p, x[ind]), y[ind]))(params)
-            updates, state = opt.update(grads, state, params)
-            return (optax.apply_updates(params, updates), state), value
-
-        (params, _), losses = jax.lax.scan(body, (params0, opt.init(params0)), idx)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(params)]))
-        return losses, finite, apply_fn(params, x_test), loss_fn(apply_fn(params, x), y)
-
-    return jax.jit(jax.vmap(one, in_axes=(None, 0, None, None, None, None)))
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Fraction of argmax hits per row-batch (..., M, k); rows with a non-finite logit count as wrong."""
-    ok = np.all(np.isfinite(logits), axis=-1)
-    pred = np.argmax(np.where(np.isfinite(logits), logits, -np.inf), axis=-1)
-    return np.mean((pred == labels) & ok, axis=-1)
-
-
-def diverged_flags(losses: np.ndarray, finite: np.ndarray, blowup: float) -> np.ndarray:
-    """(L,) bools: non-finite loss or parameters, or final-window mean loss > blowup * initial loss."""
-    losses = np.asarray(losses, np.float64)
-    tail = max(1, losses.shape[1] // 10)
+def diverged_flags(initial, late, finite, blowup: float) -> np.ndarray:
+    """(L,) bools: non-finite loss or parameters, or mean loss over the last tenth of the steps
+    (`late`, (L, tail)) > blowup * the initial loss."""
     with np.errstate(all="ignore"):
-        late = np.mean(losses[:, -tail:], axis=1)
-        bad = ~np.all(np.isfinite(losses), axis=1) | ~np.asarray(finite, bool)
-        bad |= ~np.isfinite(late) | (late > blowup * losses[:, 0])
-    return bad
+        late_mean = np.mean(np.asarray(late, np.float64), axis=1)
+        initial = np.asarray(initial, np.float64)
+        bad = ~np.asarray(finite, bool) | ~np.isfinite(initial) | ~np.isfinite(late_mean)
+        return bad | (late_mean > blowup * initial)
+
+
+def measure(cfg, name: str) -> list[dict]:
+    """One panel: every (activation, loss, parameterization) trained on the learning-rate grid of `name`."""
+    dt = precision.train_dtype(cfg)
+    task = tasks.load(cfg.tasks[name], cfg.data, seed=cfg.seed, name=name)
+    x, x_test = jnp.asarray(task.x_train, dt), jnp.asarray(task.x_test, dt)
+    onehot, centered = task.y_train, task.y_train - 1.0 / task.out_dim  # mse targets: zero-mean one-hot
+    etas, width, steps = lr_grid(cfg, name), int(cfg.width), int(cfg.steps)
+    batch = min(int(cfg.batch_size), len(x))
+    key = jax.random.PRNGKey(int(cfg.seed))  # one key: both parameterizations start as one function
+    setting = dict(width=width, depth=int(cfg.depth), n_train=len(x), n_test=len(x_test), steps=steps,
+                   batch_size=batch)
+    rows = []
+    jobs = [(a, l, p) for a in cfg.activations for l in cfg.losses for p in cfg.parameterizations]
+    for act, loss, par in tqdm(jobs, desc=f"{cfg.id} {name}", disable=None):
+        spec = models.from_config(cfg, arch="mlp", out_dim=task.out_dim, activation=act, parameterization=par)
+        scale = 1.0 if par == "ntk" else 1.0 / width  # App. F: eta_std = eta_NTK / n
+        y = jnp.asarray(onehot if loss == "xent" else centered, dt)
+        r = train_grid(spec.apply, loss, spec.init(key, x), jnp.asarray(etas * scale, dt), x, y, x_test,
+                       steps=steps, batch_size=batch, seed=int(cfg.seed))
+        acc = accuracy(r["logits"], task.labels_test)
+        div = diverged_flags(r["initial"], r["late"], r["finite"], float(cfg.blowup))
+        for i, eta in enumerate(etas):
+            final = float(r["train_loss"][i])
+            rows.append(dict(dataset=name, activation=act, loss=loss, parameterization=par, lr=float(eta),
+                             log2_lr=float(np.log2(eta)), lr_used=float(eta * scale), **setting,
+                             accuracy=float(acc[i]), diverged=int(div[i]), loss_initial=float(r["initial"][i]),
+                             loss_final=final if math.isfinite(final) else math.inf, value=float(acc[i])))
+    return rows
 
 
 def run(cfg) -> pd.DataFrame:
-    dt = _dtype(cfg)
-    width, depth = int(cfg.width), int(cfg.depth)
-    rows = []
-    for name in _datasets(cfg):
-        tr, te = load(cfg, name)
-        k = tr.y.shape[1]
-        x = jnp.asarray(tr.x, dt)
-        x_test = jnp.asarray(te.x, dt)
-        targets = {"xent": jnp.asarray(tr.y, dt), "mse": jnp.asarray(mse_targets(tr.y), dt)}
-        etas = lr_grid(cfg, name)
-        idx = jnp.asarray(batch_indices(len(tr.x), int(cfg.batch_size), int(cfg.steps), int(cfg.seed)))
-        key = jax.random.PRNGKey(int(cfg.seed))  # one key: both parameterizations start as one function
-        jobs = [(a, l, p) for a in cfg.activations for l in cfg.losses for p in cfg.parameterizations]
-        for act, loss, par in tqdm(jobs, desc=f"{cfg.id} {name}", disable=None):
-            if loss not in LOSSES:
-                raise ConfigError(f"unknown loss '{loss}'; choose xent or mse")
-            model = make_mlp(width=width, depth=depth, out_dim=k, activation=act, w_var=cfg.w_var,
-                             b_var=cfg.b_var, parameterization=par)
-            params0 = init_params(model, key, x[:1])
-
-            def apply_fn(p, xx, model=model):
-                return model.apply({"params": p}, xx)
-
-            scale = 1.0 if par == "ntk" else 1.0 / width  # App. F: eta_std = eta_NTK / n
-            trainer = make_grid_trainer(apply_fn, LOSSES[loss], int(cfg.steps))
-            losses, finite, logits, train_loss = jax.device_get(
-                trainer(params0, jnp.asarray(etas * scale, dt), x, targets[loss], idx, x_test))
-            acc = accuracy(np.asarray(logits, np.float64), te.labels)
-            div = diverged_flags(losses, finite, float(cfg.blowup))
-            for i, eta in enumerate(etas):
-                rows.append(dict(dataset=name, activation=act, loss=loss, parameterization=par,
-                                 lr=float(eta), log2_lr=float(np.log2(eta)), lr_used=float(eta * scale),
-                                 width=width, depth=depth, n_train=len(tr.x), n_test=len(te.x),
-                                 steps=int(cfg.steps), batch_size=int(idx.shape[1]),
-                                 accuracy=float(acc[i]), diverged=int(div[i]),
-                                 loss_initial=float(losses[i, 0]),
-                                 loss_final=float(train_loss[i]) if np.isfinite(train_loss[i]) else math.inf,
-                                 value=float(acc[i])))
-    return pd.DataFrame(rows)
-
-
-def best_accuracies(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Best test accuracy over the non-diverged learning rates per (dataset, activation, loss, param)."""
-    ok = metrics[metrics.diverged == 0]
-    keys = ["dataset", "activation", "loss", "parameterization"]
-    best = ok.loc[ok.groupby(keys)["accuracy"].idxmax(), keys + ["accuracy", "lr"]]
-    return best.reset_index(drop=True)
+    return pd.DataFrame([row for name in _datasets(cfg) for row in measure(cfg, name)])
 
 
 def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
-    best = best_accuracies(metrics)
+    curves = ["dataset", "activation", "loss"]
+    best = metrics[metrics.diverged == 0].groupby([*curves, "parameterization"]).accuracy.max()
     out = []
-    for (name, act, loss), g in metrics.groupby(["dataset", "activation", "loss"], sort=False):
-        b = best[(best.dataset == name) & (best.activation == act) & (best.loss == loss)]
-        acc = dict(zip(b.parameterization, b.accuracy))
-        gap = abs(acc["ntk"] - acc["standard"]) if {"ntk", "standard"} <= set(acc) else math.nan
-        margin = float(cfg.claims.best_gap[name])
+    for name, act, loss in metrics[curves].drop_duplicates().itertuples(index=False):
+        acc = {par: best.get((name, act, loss, par), math.nan) for par in ("ntk", "standard")}
         out.append(C.below(
             f"{DATASET_LABEL.get(name, name)} {act}-{loss}: NTK and standard parameterization (eta_std = "
             "eta_NTK / n) reach similar best test accuracy",
             f"|best acc NTK - best acc standard| over non-diverged eta "
-            f"(NTK {acc.get('ntk', math.nan):.3f}, standard {acc.get('standard', math.nan):.3f})",
-            gap, margin))
+            f"(NTK {acc['ntk']:.3f}, standard {acc['standard']:.3f})",
+            abs(acc["ntk"] - acc["standard"]), float(cfg.claims.best_gap[name])))
     return out
 
 

@@ -1,12 +1,12 @@
 """Lee et al. 2019, Sec. 3 "Effects of dataset size" and Figure S5: network vs linearization against width.
 
 For each training-set size |D| and width n, a fully connected network is trained by full-batch
-gradient descent on MSE (`optax.sgd`, the per-example-mean loss of `ntkrepro.linearize.mse_loss`),
-and its linearization (Eq. 5) is evolved for the same number of steps with the same learning rate.
+gradient descent on MSE (`ntkrepro.train.fit`, the per-example-mean loss `mse`), and its
+linearization (Eq. 5) is evolved for the same number of steps with the same learning rate.
 For MSE the linearized model's gradient-descent trajectory is known in closed form given its
 (constant) empirical NTK at initialisation: `ntkrepro.dynamics.gradient_descent_mse` with the
-float64 kernel `ntkrepro.empirical.mlp_ntk` (Sec. 2.1: f_s(X) = Y + (I - eta Theta)^s (f_0(X) - Y),
-exactly what s steps of `optax.sgd(eta)` on f_lin give).  The error is the RMSE between the two
+float64 kernel `ModelSpec.empirical_ntk` (Sec. 2.1: f_s(X) = Y + (I - eta Theta)^s (f_0(X) - Y),
+exactly what s steps of SGD(eta) on f_lin give).  The error is the RMSE between the two
 models' outputs at the end of training, on held-out test points (as the last pane of Figs. 3 / S8)
 and on the training points; it is averaged over `trials` initialisations.
 
@@ -14,10 +14,13 @@ Sec. 3: "as the width grows the error decreases (Figure S5).  Additionally, we s
 grows in the size of the dataset."  Theorem 2.1 bounds the gap by O(n^-1/2); the kernel moves by
 O(1/n) (Fig. 1), which makes the output gap O(1/n) too; the a priori slope window covers both.
 
-The network is trained in `dtype` (float32 by default: the measured gaps, 1e-3 .. 1e-1, are far
+The network is trained in `train_dtype` (float32 by default: the measured gaps, 1e-3 .. 1e-1, are far
 above float32 round-off); initialisation, kernel, initial outputs and the closed form are float64.
 For every width the same initialisation serves every |D| (nested, class-balanced training sets), so
 the |D| comparison is not blurred by different draws.
+
+Layout: one measure function per pane of Fig. S5 (`measure_width_and_data`: the last pane, error
+against width for each |D|), each returning metric rows from `network_vs_linearization`.
 """
 from __future__ import annotations
 
@@ -26,58 +29,25 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pandas as pd
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from experiments.lee_common import rmse
-
 from ntkrepro import claims as C
-from ntkrepro import data, plotting
+from ntkrepro import models, plotting, precision, tasks
 from ntkrepro.dynamics import gradient_descent_mse
-from ntkrepro.empirical import mlp_ntk
 from ntkrepro.errors import ConfigError
-from ntkrepro.linearize import mse_loss
-from ntkrepro.manifest import record_data
-from ntkrepro.nets import init_params, make_mlp
-
-
-def _dtype(cfg):
-    name = str(cfg.get("dtype", "float32"))
-    if name not in ("float32", "float64"):
-        raise ConfigError(f"dtype must be float32 or float64, got '{name}'; set figure.paper.dtype")
-    return jnp.float32 if name == "float32" else jnp.float64
+from ntkrepro.train import Trainer, fit, rmse
 
 
 def load(cfg):
-    """Nested class-balanced training sets (one per |D|) and one test set, flattened and standardized."""
-    common = dict(classes=list(cfg.classes), flatten=True, standardize=cfg.standardize, targets=cfg.targets,
-                  selection="stratified", source=cfg.data.source, root=cfg.data.root, seed=cfg.seed)
+    """Nested class-balanced training sets (one per |D|: `cfg.task` with n_train = |D|) and the
+    task's test set: ({|D|: Task}, the test Task)."""
+    base = OmegaConf.to_container(cfg.task, resolve=True)
     sizes = sorted(set(int(n) for n in cfg.n_trains))
-    trains = {}
-    for n in sizes:
-        ds = data.prepare(cfg.dataset, split="train", n=n, **common)
-        record_data(f"{cfg.dataset}-train-{n}", ds.info["source"], [ds.x, ds.y], n=n,
-                    classes=list(cfg.classes), targets=cfg.targets, standardize=cfg.standardize)
-        trains[n] = ds
-    test = data.prepare(cfg.dataset, split="test", n=int(cfg.n_test), **common)
-    record_data(f"{cfg.dataset}-test", test.info["source"], [test.x, test.y], n=len(test.x),
-                classes=list(cfg.classes), targets=cfg.targets, standardize=cfg.standardize)
-    return trains, test
-
-
-def train_network(apply_fn, params, x, y, lr: float, steps: int):
-    """`steps` full-batch `optax.sgd(lr)` steps on `mse_loss`; (final params, loss per step)."""
-    opt = optax.sgd(lr)
-
-    def body(carry, _):
-        p, state = carry
-        value, grads = jax.value_and_grad(lambda q: mse_loss(apply_fn(q, x), y))(p)
-        updates, state = opt.update(grads, state, p)
-        return (optax.apply_updates(p, updates), state), value
-
-    (params, _), losses = jax.lax.scan(body, (params, opt.init(params)), None, length=steps)
-    return params, losses
+    sets = {n: tasks.load({**base, "n_train": n, "n_test": 0 if i else base["n_test"]}, cfg.data,
+                          seed=cfg.seed, name=f"train-{n}") for i, n in enumerate(sizes)}
+    return sets, sets[sizes[0]]
 
 
 def _rmse(a, b) -> float:
@@ -85,50 +55,49 @@ def _rmse(a, b) -> float:
     return v if math.isfinite(v) else math.inf
 
 
-def run(cfg) -> pd.DataFrame:
-    if not jax.config.jax_enable_x64:
-        raise ConfigError("lee-s5 computes the kernel and the closed form in float64; run with x64=true")
-    dt = _dtype(cfg)
-    trains, test = load(cfg)
-    lr, steps, depth = float(cfg.lr), int(cfg.steps), int(cfg.depth)
-    x_test = jnp.asarray(test.x, jnp.float64)
+def network_vs_linearization(spec: models.ModelSpec, params64, x, y, x_test, *, lr: float, steps: int,
+                             dtype) -> dict:
+    """Train the network (in `dtype`, from float64 `params64`) and its linearization (closed form,
+    float64) for `steps` full-batch GD steps on the mean MSE; their RMSE on x_test and x, etc."""
+    theta = np.asarray(spec.empirical_ntk(params64, x))
+    lin = gradient_descent_mse(theta, np.asarray(spec.apply(params64, x)), y, lr=lr, steps=[steps],
+                               theta_test_train=np.asarray(spec.empirical_ntk(params64, x_test, x)),
+                               f0_test=np.asarray(spec.apply(params64, x_test)), loss_scale="mean")
+    res = fit(Trainer(spec.apply, loss="mse", lr=lr), precision.cast(params64, dtype),
+              jnp.asarray(x, dtype), jnp.asarray(y, dtype), steps=steps, record_at=[0])
+    net_train, net_test = (np.asarray(spec.apply(res.state.variable, jnp.asarray(a, dtype)), np.float64)
+                           for a in (x, x_test))
+    rmse_test = _rmse(net_test, lin.test[-1])
+    return dict(rmse_test=rmse_test, rmse_train=_rmse(net_train, lin.train[-1]),
+                lr_lambda_max=lr * float(np.linalg.eigvalsh(theta)[-1]) / len(x),  # mean loss: Theta / |D|
+                loss_initial=float(res.losses[0]),
+                loss_final_net=float(0.5 * np.mean((net_train - y) ** 2)),
+                loss_final_lin=float(0.5 * np.mean((lin.train[-1] - y) ** 2)),
+                diverged=int(not math.isfinite(rmse_test) or res.diverged), value=rmse_test)
+
+
+def measure_width_and_data(cfg, sets, test) -> list[dict]:
+    """Last pane of Fig. S5: for each width and trial one float64 initialisation, trained on every |D|."""
+    lr, steps, depth, dt = float(cfg.lr), int(cfg.steps), int(cfg.depth), precision.train_dtype(cfg)
+    x_test = jnp.asarray(test.x_test, jnp.float64)
     rows = []
     jobs = [(w, t) for w in sorted(int(w) for w in cfg.widths) for t in range(int(cfg.trials))]
     for width, trial in tqdm(jobs, desc=cfg.id, disable=None):
-        model = make_mlp(width=width, depth=depth, activation=cfg.activation, w_var=cfg.w_var,
-                         b_var=cfg.b_var, parameterization=cfg.parameterization)
-
-        def apply_fn(p, xx, model=model):
-            return model.apply({"params": p}, xx)
-
-        if trial == 0:  # one compiled trainer per width, reused by its trials
-            fit = jax.jit(lambda p, xx, yy, f=apply_fn: train_network(f, p, xx, yy, lr, steps))
+        spec = models.from_config(cfg, arch="mlp", width=width)
         key = jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), 1000 * trial + width)
-        params64 = init_params(model, key, x_test[:1])  # one initialisation for every |D| (nested sets)
-        f0_test = np.asarray(apply_fn(params64, x_test))
-        p_net = jax.tree_util.tree_map(lambda a: a.astype(dt), params64)
-        for n, ds in trains.items():
-            x = jnp.asarray(ds.x, jnp.float64)
-            theta = np.asarray(mlp_ntk(model, params64, x))
-            theta_st = np.asarray(mlp_ntk(model, params64, x_test, x))
-            f0 = np.asarray(apply_fn(params64, x))
-            lin = gradient_descent_mse(theta, f0, ds.y, lr=lr, steps=[steps], theta_test_train=theta_st,
-                                       f0_test=f0_test, loss_scale="mean")
-            params_t, losses = fit(p_net, x.astype(dt), jnp.asarray(ds.y, dt))
-            net_train = np.asarray(apply_fn(params_t, x.astype(dt)), np.float64)
-            net_test = np.asarray(apply_fn(params_t, x_test.astype(dt)), np.float64)
-            lam_max = float(np.linalg.eigvalsh(theta)[-1]) / n  # mean loss: eta * lambda(Theta / |D|)
-            losses = np.asarray(losses, np.float64)
-            rmse_test = _rmse(net_test, lin.test[-1])
-            rows.append(dict(trial=trial, width=width, n_train=n, depth=depth, lr=lr, steps=steps,
-                             rmse_test=rmse_test, rmse_train=_rmse(net_train, lin.train[-1]),
-                             lr_lambda_max=lr * lam_max,
-                             loss_initial=float(losses[0]),
-                             loss_final_net=float(0.5 * np.mean((net_train - ds.y) ** 2)),
-                             loss_final_lin=float(0.5 * np.mean((lin.train[-1] - ds.y) ** 2)),
-                             diverged=int(not (math.isfinite(rmse_test) and np.all(np.isfinite(losses)))),
-                             value=rmse_test))
-    return pd.DataFrame(rows)
+        params64 = spec.init(key, x_test)  # one initialisation for every |D| (nested sets)
+        for n, task in sets.items():
+            out = network_vs_linearization(spec, params64, jnp.asarray(task.x_train, jnp.float64),
+                                           task.y_train, x_test, lr=lr, steps=steps, dtype=dt)
+            rows.append(dict(trial=trial, width=width, n_train=n, depth=depth, lr=lr, steps=steps, **out))
+    return rows
+
+
+def run(cfg) -> pd.DataFrame:
+    if not jax.config.jax_enable_x64:
+        raise ConfigError("lee-s5 computes the kernel and the closed form in float64; run with x64=true")
+    sets, test = load(cfg)
+    return pd.DataFrame(measure_width_and_data(cfg, sets, test))
 
 
 def mean_errors(metrics: pd.DataFrame, column: str = "rmse_test") -> pd.DataFrame:
@@ -179,7 +148,7 @@ def plot(metrics: pd.DataFrame, out_dir, cfg) -> None:
         ax.set(xlabel="width n", ylabel=r"RMSE$(f_T(x), f^{lin}_T(x))$", title=f"{what}")
         ax.legend(fontsize=6)
     plotting.save(fig, out_dir, cfg.id,
-                  f"{cfg.title} ({cfg.scale} scale). CIFAR-10 {' vs '.join(cfg.classes)}, {cfg.activation}, "
+                  f"{cfg.title} ({cfg.scale} scale). CIFAR-10 {' vs '.join(cfg.task.classes)}, {cfg.activation}, "
                   f"{int(cfg.depth)} hidden layers, sigma_w^2 = {float(cfg.w_var):g}, sigma_b^2 = "
                   f"{float(cfg.b_var):g}, T = {int(cfg.steps)} full-batch GD steps on MSE, eta = "
                   f"{float(cfg.lr):g}; dots: single initialisations, lines: mean of {int(metrics.trial.nunique())}")
