@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import models, plotting, precision, tasks
+from ntkrepro import costs, models, plotting, precision, tasks
 from ntkrepro.empirical import mlp_nngp
 
 KERNELS = ("nngp", "ntk")
@@ -32,8 +32,8 @@ def _draw(spec: models.ModelSpec, x, key):
     return mlp_nngp(spec.module, params, x), spec.empirical_ntk(params, x) / scale
 
 
-def measure(spec: models.ModelSpec, x, key, counts, trials: int, n_show: int):
-    """Monte Carlo means of the first M draws against the analytic kernels -> (rows, key)."""
+def measure(spec: models.ModelSpec, x, key, counts, trials: int, n_show: int) -> list[dict]:
+    """Monte Carlo means of the first M draws against the analytic kernels."""
     ana = spec.analytic(x)
     ref = {"nngp": ana.nngp, "ntk": ana.ntk}
     draw = jax.jit(partial(_draw, spec, x))
@@ -54,20 +54,40 @@ def measure(spec: models.ModelSpec, x, key, counts, trials: int, n_show: int):
                     emp, a = np.asarray(mean), np.asarray(ref[k])
                     rows += [dict(quantity="entry", value=emp[i, j], analytic=a[i, j], i=i, j=j, **common)
                              for i in range(n_show) for j in range(i, n_show)]
-    return rows, key
+    return rows
 
 
-def run(cfg) -> pd.DataFrame:
+def points(cfg) -> list[dict]:
+    """One sweep point per (depth, width): the unit a split run distributes over jobs."""
+    return [{"depth": int(d), "width": int(n)} for d in cfg.depths for n in cfg.widths]
+
+
+def point_key(seed: int, point: dict):
+    """The random key of a point: from the seed and the point only (not from the other points)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), point["depth"]), point["width"])
+
+
+def run(cfg, subset=None) -> pd.DataFrame:
     task = tasks.load(cfg.task, cfg.data, seed=cfg.seed, name="inputs")
     x = jnp.asarray(task.x_train, precision.kernel_dtype())
     counts = sorted(set(int(m) for m in cfg.mc_samples))
     n_show = min(int(cfg.get("n_show", 12)), len(x))
-    key, rows = jax.random.PRNGKey(cfg.seed), []
-    for depth, width in tqdm([(d, n) for d in cfg.depths for n in cfg.widths], desc=cfg.id, disable=None):
-        spec = models.from_config(cfg, width=int(width), depth=int(depth))  # activation, w_var, ...
-        found, key = measure(spec, x, key, counts, int(cfg.trials), n_show)
-        rows += [dict(r, depth=depth, width=width) for r in found]
+    rows = []
+    for p in tqdm(points(cfg) if subset is None else subset, desc=cfg.id, disable=None):
+        spec = models.from_config(cfg, width=p["width"], depth=p["depth"])  # activation, w_var, ...
+        found = measure(spec, x, point_key(int(cfg.seed), p), counts, int(cfg.trials), n_show)
+        rows += [dict(r, depth=p["depth"], width=p["width"]) for r in found]
     return pd.DataFrame(rows)
+
+
+def cost(cfg, point) -> list[costs.Cost]:
+    """One point: trials x M draws (init, NNGP and NTK of a network) and the analytic kernels."""
+    x = jax.ShapeDtypeStruct(tasks.shapes(cfg.task)["x_train"], precision.kernel_dtype())
+    spec = models.from_config(cfg, width=point["width"], depth=point["depth"])
+    draws = int(cfg.trials) * max(int(m) for m in cfg.mc_samples)
+    return [costs.analyse(f"draw n={point['width']}", partial(_draw, spec), x, jax.random.PRNGKey(0),
+                          calls=draws),
+            costs.analyse("analytic kernels", lambda u: spec.analytic(u), x)]
 
 
 def errors(metrics: pd.DataFrame) -> pd.DataFrame:

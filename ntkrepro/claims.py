@@ -24,6 +24,7 @@ class Claim:
     status: str           # PASS | FAIL | NOT EVALUATED
     reason: str = ""
     kind: str = "paper"   # "paper": a claim of the paper; "check": a consistency check of ours
+    cite: str = ""        # where the paper says it (section / figure / caption), for paper claims
 
 
 def select(metrics, quantity: str, **columns):
@@ -35,19 +36,23 @@ def select(metrics, quantity: str, **columns):
     return m
 
 
-def in_range(claim: str, measure: str, value: float, lo: float, hi: float) -> Claim:
+KINDS = ("paper", "check")
+
+
+def in_range(claim: str, measure: str, value: float, lo: float, hi: float, *, kind: str = "paper",
+             cite: str = "") -> Claim:
     ok = value is not None and math.isfinite(value) and lo <= value <= hi
-    return Claim(claim, measure, _f(value), f"in [{lo:g}, {hi:g}]", PASS if ok else FAIL)
+    return Claim(claim, measure, _f(value), f"in [{lo:g}, {hi:g}]", PASS if ok else FAIL, kind=kind, cite=cite)
 
 
-def below(claim: str, measure: str, value: float, hi: float) -> Claim:
+def below(claim: str, measure: str, value: float, hi: float, *, kind: str = "paper", cite: str = "") -> Claim:
     ok = value is not None and math.isfinite(value) and value < hi
-    return Claim(claim, measure, _f(value), f"< {hi:g}", PASS if ok else FAIL)
+    return Claim(claim, measure, _f(value), f"< {hi:g}", PASS if ok else FAIL, kind=kind, cite=cite)
 
 
-def above(claim: str, measure: str, value: float, lo: float) -> Claim:
+def above(claim: str, measure: str, value: float, lo: float, *, kind: str = "paper", cite: str = "") -> Claim:
     ok = value is not None and math.isfinite(value) and value > lo
-    return Claim(claim, measure, _f(value), f"> {lo:g}", PASS if ok else FAIL)
+    return Claim(claim, measure, _f(value), f"> {lo:g}", PASS if ok else FAIL, kind=kind, cite=cite)
 
 
 def _f(v):
@@ -85,19 +90,26 @@ def counts(claims: list[Claim]) -> dict:
 
 
 def summary(claims: list[Claim], scale: str) -> str:
-    """What a run prints at its end: the claims table, or one line when no claim was evaluated."""
+    """What a run prints at its end: the claims table and the counts (paper claims and our checks
+    apart), or one line when no claim was evaluated."""
     if claims and all(c.status == NOT_EVALUATED for c in claims):
         hint = "; run scale=cpu to evaluate them" if scale == "smoke" else ""
         return f"claims: not evaluated at {scale} scale ({len(claims)} computed){hint}"
-    return table(claims)
+    n = counts(claims)
+    checks = [c for c in claims if c.kind == "check"]
+    line = f"paper claims: {n['paper_passed']}/{n['paper_evaluated']} PASS"
+    if checks:
+        line += (f"; checks of our code: {sum(c.status == PASS for c in checks)}/"
+                 f"{sum(c.status != NOT_EVALUATED for c in checks)} PASS")
+    return f"{table(claims)}\n{line}"
 
 
 def table(claims: list[Claim]) -> str:
     """The claims as a fixed-width text table (printed at the end of every run)."""
-    rows = [("status", "value", "expected", "claim / measure")]
+    rows = [("status", "kind", "value", "expected", "claim / measure")]
     for c in claims:
         val = "n/a" if c.value is None else f"{c.value:.4g}"
         text = f"{c.claim} [{c.measure}]" + (f" ({c.reason})" if c.reason else "")
-        rows.append((c.status, val, c.expected, text))
-    w = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:<{w[2]}}  {r[3]}" for r in rows)
+        rows.append((c.status, c.kind, val, c.expected, text))
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}  {r[3]:<{w[3]}}  {r[4]}" for r in rows)

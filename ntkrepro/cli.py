@@ -18,8 +18,8 @@ logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)  # "Unable to i
 import hydra  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from ntkrepro import preflight, runstate, timings  # noqa: E402
-from ntkrepro.errors import NtkreproError  # noqa: E402
+from ntkrepro import preflight, runstate, sweeps, timings  # noqa: E402
+from ntkrepro.errors import ConfigError, NtkreproError  # noqa: E402
 from ntkrepro.registry import CONF_DIR, SCALES, figure_ids  # noqa: E402
 
 _PASS_THROUGH = ("hydra_help", "shell_completion", "experimental_rerun", "info")  # Hydra's own
@@ -91,17 +91,34 @@ def usage() -> str:
 
 
 def _preflight(argv: list[str]) -> list[str]:
-    """argv with its overrides checked and rewritten for Hydra (`ConfigError` on bad input)."""
+    """argv with its overrides checked and rewritten for Hydra (`ConfigError` on bad input); a split
+    run gets its fixed folder and only its unfinished parts (`sweeps.NothingToDo` when none is left)."""
     from hydra._internal.utils import get_args_parser
 
     args = get_args_parser().parse_args(argv)
     if any(getattr(args, flag) for flag in _PASS_THROUGH):
         return argv
-    checked = preflight.check(args.overrides, args.multirun)
-    mapping = dict(zip(args.overrides, checked))
-    last = max(i for i, a in enumerate(argv) if a in mapping)  # added overrides go after the last one
-    out = [mapping.get(a, a) for a in argv]
-    return out[:last + 1] + checked[len(args.overrides):] + out[last + 1:]
+    overrides = sweeps.prepare(args.overrides, args.multirun)
+    checked = preflight.check(overrides, args.multirun)
+    flags = [a for a in argv if a not in args.overrides]
+    return flags + checked
+
+
+def _plan(argv: list[str]) -> bool:
+    """`plan=true`: print the cost plan of the run and return True (nothing runs, no folder)."""
+    from ntkrepro import plan
+    from ntkrepro.preflight import _parse, _values
+
+    parsed = {o.key_or_group: o for o in _parse([a for a in argv if "=" in a and not a.startswith("-")])}
+    if "plan" not in parsed or _values(parsed["plan"]) != [True]:
+        return False
+    if "-m" in argv or "--multirun" in argv:
+        raise ConfigError("plan=true plans one run; drop -m (use shards=<n> to see its jobs)")
+    rest = [o.input_line for k, o in parsed.items() if k not in ("figure", "scale", "plan", "shards", "shard")]
+    scale = _values(parsed["scale"])[0] if "scale" in parsed else "smoke"
+    shards = int(_values(parsed["shards"])[0]) if "shards" in parsed else 1
+    print(plan.report(str(_values(parsed["figure"])[0]), str(scale), rest, shards))
+    return True
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -120,9 +137,14 @@ def main(argv: list[str] | None = None) -> None:
     runstate.hold_signals()  # until the run has imported what it needs (ntkrepro.runner)
     try:
         hydra_argv = _preflight(argv)
+        if _plan(hydra_argv):
+            sys.exit(0)
     except NtkreproError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except sweeps.NothingToDo as done:
+        print(done)
+        sys.exit(0)
     os.environ[runstate.COMMAND_ENV] = shlex.join(["python", "-m", "ntkrepro", *argv])
     sys.argv = [sys.argv[0], *hydra_argv]
     try:

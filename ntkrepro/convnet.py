@@ -14,6 +14,7 @@ computes the empirical NTK without a parameter Jacobian.
 """
 from __future__ import annotations
 
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -24,21 +25,30 @@ FILTER = (3, 3)
 
 
 class ConvNTK(nn.Module):
-    """Stride-1, SAME-padded 2-D convolution in the NTK or standard parameterization."""
+    """2-D convolution in the NTK or standard parameterization (default: 3 x 3, stride 1, SAME).
+
+    `kernel_size`, `strides` and `padding` (an XLA padding string or ((lo, hi), (lo, hi))) are
+    options for other layers, e.g. the 3 x 3 stride-2 convolution and the 1 x 1 projection shortcut
+    of the wide residual network (`ntkrepro.wrn`); fan_in = kh * kw * C_in either way."""
 
     features: int
     w_var: float = 2.0
     b_var: float = 0.0
     parameterization: str = "ntk"
+    kernel_size: tuple = FILTER
+    strides: tuple = (1, 1)
+    padding: Any = "SAME"
 
     @nn.compact
     def __call__(self, x):
         c_in = x.shape[-1]
-        w_std, w_mul, b_std, b_mul = weight_scales(FILTER[0] * FILTER[1] * c_in, self.w_var,
+        kh, kw = self.kernel_size
+        w_std, w_mul, b_std, b_mul = weight_scales(kh * kw * c_in, self.w_var,
                                                    self.b_var, self.parameterization)
-        w = self.param("kernel", nn.initializers.normal(w_std), FILTER + (c_in, self.features),
+        w = self.param("kernel", nn.initializers.normal(w_std), (kh, kw, c_in, self.features),
                        x.dtype)
-        y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+        padding = self.padding if isinstance(self.padding, str) else tuple(map(tuple, self.padding))
+        y = jax.lax.conv_general_dilated(x, w, tuple(self.strides), padding,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return scale_and_bias(self, y, w_mul, b_std, b_mul, self.b_var)
 

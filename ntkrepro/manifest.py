@@ -42,13 +42,31 @@ def _version(pkg: str) -> str | None:
         return None
 
 
+REPO = Path(__file__).resolve().parent.parent
+CODE_PATHS = ("ntkrepro", "experiments", "conf", "pyproject.toml")  # what a run's results depend on
+
+
+def code_version() -> str:
+    """A hash of the code and configs a run's results depend on (`CODE_PATHS`) as they are in the
+    working tree, committed or not: two runs with the same version ran the same code, and a commit
+    that changes only, say, the README keeps the version."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for args in (("ls-files", "-s", "--", *CODE_PATHS), ("diff", "HEAD", "--", *CODE_PATHS)):
+        h.update((_git(REPO, *args) or "").encode())
+    untracked = (_git(REPO, "ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS) or "").split()
+    if untracked:
+        h.update((_git(REPO, "hash-object", "--", *untracked) or "").encode())
+    return h.hexdigest()[:16]
+
+
 def build(*, figure_id: str, scale: str, seed: int, wall_time_s: float, settings: dict,
-          command: str | None = None, started: str | None = None) -> dict:
+          command: str | None = None, started: str | None = None, **extra) -> dict:
     import jax
 
-    repo = Path(__file__).resolve().parent.parent
-    commit = _git(repo, "rev-parse", "HEAD")
-    status = _git(repo, "status", "--porcelain", "--untracked-files=no")
+    commit = _git(REPO, "rev-parse", "HEAD")
+    status = _git(REPO, "status", "--porcelain", "--untracked-files=no")
     return {
         "figure": figure_id,
         "scale": scale,
@@ -56,7 +74,8 @@ def build(*, figure_id: str, scale: str, seed: int, wall_time_s: float, settings
         "command": command,
         "started": started,
         "wall_time_s": round(wall_time_s, 3),
-        "git": {"commit": commit, "dirty": bool(status) if status is not None else None},
+        "git": {"commit": commit, "dirty": bool(status) if status is not None else None,
+                "code_version": code_version()},
         "packages": {p: _version(p) for p in _PACKAGES},
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -64,6 +83,7 @@ def build(*, figure_id: str, scale: str, seed: int, wall_time_s: float, settings
                 "x64": bool(jax.config.jax_enable_x64)},
         "data": list(_DATA),
         "settings": settings,
+        **extra,
     }
 
 

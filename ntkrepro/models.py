@@ -15,6 +15,15 @@ Architectures (`ARCHS`; each is an `Arch`, register more with `register`):
   `pooling` ("flatten" or "gap") and a dense readout; empirical NTK layer by layer
   (`empirical.layerwise_ntk`); no analytic kernel for this architecture (Arora et al.'s exact CNTK
   is the kernel of a different scaling: see `kernels.cntk`).
+* ``wrn``: `wrn.WRN`, Lee et al.'s wide residual network (Table S1): `width` channels in every layer,
+  `depth` = 6N + 4 (N blocks per group; `wrn.depth_from_blocks`), options ``pool`` (8) and
+  ``bn_eps``; batch norm on the statistics of the batch it is applied to; empirical NTK of a joint
+  batch by one VJP and one JVP per output column (`wrn.empirical_ntk`); no analytic kernel.
+* ``cntk_cnn``: `arora_cnn.AroraCNN`, Arora et al. 2019's CNN (Sec. 4 / App. H) in its own
+  parameterisation: `depth` 3x3 convolutions (the paper's depth is depth + 1) of `width` channels,
+  `pooling` "flatten" (CNN-V) or "gap" (CNN-GAP: first and last layers fixed), options ``kappa``
+  (output multiplier) and ``flatten_scale``; analytic kernel `kernels.cntk` (times kappa^2);
+  empirical NTK layer by layer (`empirical.layerwise_ntk`, fixed layers excluded).
 
 The NTK / standard parameterization rule (weight and bias scales) is `nets.weight_scales`; every
 architecture here uses it.
@@ -51,7 +60,7 @@ class ModelSpec:
     parameterization  "ntk" (Eq. 1) or "standard" (Eq. S36)
     pooling           cnn: "flatten" or "gap"
     input_fan_in      mlp: n_0 of the first layer's scale when inputs are coordinates in a basis of
-                      their span (see `nets.MLP`)
+                      their span (see `nets.MLP`; `span_coordinates` computes them)
     """
     arch: str = "mlp"
     width: Any = 512
@@ -143,6 +152,35 @@ def _init(spec: ModelSpec, key, x):
     return _init_fn(spec)(key, x)
 
 
+def key_chain(seed: int, n: int) -> list:
+    """`n` PRNG keys in the order a loop of initialisations draws them from ``PRNGKey(seed)``:
+    ``key, sub = jax.random.split(key)``, keeping each `sub`.  A slice of the chain, stacked and
+    vmapped over (``jax.vmap(lambda k: spec.init(k, x))(jnp.stack(keys[a:b]))``), gives the same
+    initialisations as drawing them one after another."""
+    key, subs = jax.random.PRNGKey(int(seed)), []
+    for _ in range(int(n)):
+        key, sub = jax.random.split(key)
+        subs.append(sub)
+    return subs
+
+
+def span_coordinates(x_train, x_other, tol: float = 1e-8):
+    """Coordinates (c_train, c_other) of the inputs in an orthonormal basis Q (n0 x N) of the row
+    space of x_train, x = c Q^T, for an MLP with ``input_fan_in=n0`` (exactly the network on x, at
+    N x n instead of n0 x n first-layer cost).  `x_other` must lie in that span (e.g. combinations of
+    training inputs); when N >= n0 the inputs are returned unchanged."""
+    x_train, x_other = np.asarray(x_train), np.asarray(x_other)
+    if x_train.shape[0] >= x_train.shape[1]:
+        return x_train, x_other
+    q, _ = np.linalg.qr(x_train.T)
+    c_other = x_other @ q
+    resid = np.linalg.norm(x_other - c_other @ q.T) / max(np.linalg.norm(x_other), 1e-300)
+    if resid > tol:
+        raise ConfigError(f"inputs leave the span of the training inputs (relative residual {resid:.1e}); "
+                          "their coordinates in it do not represent them")
+    return x_train @ q, c_other
+
+
 # ----------------------------------------------------------------------------------------------
 # architectures
 
@@ -205,6 +243,55 @@ def _cnn_ntk(spec: ModelSpec, params, x1, x2, trace):
 
 register("mlp", Arch(module=_mlp_module, empirical_ntk=_mlp_ntk, analytic=_mlp_analytic))
 register("cnn", Arch(module=_cnn_module, empirical_ntk=_cnn_ntk))
+
+
+def _wrn_module(spec: ModelSpec) -> nn.Module:
+    from ntkrepro import wrn
+
+    if not isinstance(spec.width, int):
+        raise ConfigError(f"wrn needs one channel count (an int width), got width={spec.width}")
+    return wrn.make_wrn(channels=int(spec.width), blocks=wrn.blocks_from_depth(spec.depth),
+                        out_dim=int(spec.out_dim), w_var=float(spec.w_var), b_var=float(spec.b_var),
+                        parameterization=spec.parameterization, activation=spec.activation,
+                        pool=int(spec.option("pool", 8)), bn_eps=float(spec.option("bn_eps", 1e-5)))
+
+
+def _wrn_ntk(spec: ModelSpec, params, x1, x2, trace):
+    from ntkrepro import wrn
+
+    return wrn.empirical_ntk(spec.apply, params, x1, x2, trace=trace)
+
+
+register("wrn", Arch(module=_wrn_module, empirical_ntk=_wrn_ntk))
+
+
+def _cntk_cnn_module(spec: ModelSpec) -> nn.Module:
+    from ntkrepro import arora_cnn
+
+    if spec.activation != "relu" or spec.b_var != 0 or spec.w_var != arora_cnn.C_SIGMA \
+            or spec.parameterization != "ntk" or not isinstance(spec.width, int):
+        raise ConfigError("cntk_cnn is Arora et al.'s relu CNN: needs activation=relu, b_var=0, "
+                          f"w_var=2 (c_sigma), parameterization=ntk and an int width, got {spec}")
+    return arora_cnn.make(channels=spec.width, n_conv=int(spec.depth), pooling=spec.pooling,
+                          out_dim=int(spec.out_dim), kappa=float(spec.option("kappa", 1.0)),
+                          flatten_scale=str(spec.option("flatten_scale", "paper")))
+
+
+def _cntk_cnn_ntk(spec: ModelSpec, params, x1, x2, trace):
+    module = spec.module
+    return empirical.layerwise_ntk(module, params, x1, x2, layers=module.layer_specs(tuple(x1.shape)),
+                                   trace=trace)
+
+
+def _cntk_cnn_analytic(spec: ModelSpec, x1, x2=None, *, dtype=jnp.float64, **kw):
+    scale = spec.module.kernel_scale(np.shape(x1))
+    ntk, nngp = kernels.cntk(x1, x2, depth=int(spec.depth) + 1, pooling=spec.pooling, dtype=dtype,
+                             return_nngp=True, **kw)
+    return kernels.Kernel(nngp=scale * nngp, ntk=scale * ntk, var1=None, var2=None)
+
+
+register("cntk_cnn", Arch(module=_cntk_cnn_module, empirical_ntk=_cntk_cnn_ntk,
+                          analytic=_cntk_cnn_analytic))
 
 
 # ----------------------------------------------------------------------------------------------

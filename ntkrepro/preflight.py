@@ -18,7 +18,8 @@ from ntkrepro.errors import ConfigError
 from ntkrepro.registry import SCALES, figure_ids
 from ntkrepro.validate import validate_settings
 
-TOP_LEVEL = ("seed", "x64", "scale", "out_root", "data.source", "data.root")
+TOP_LEVEL = ("seed", "x64", "scale", "out_root", "data.source", "data.root", "shards", "shard", "plan",
+             "resume", "checkpoint.every_steps", "checkpoint.every_minutes", "mutation")
 DIRNAME_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 _ALWAYS_EXCLUDED = ("figure", "scale", "out_root")  # never part of a sweep job's folder name
 
@@ -110,6 +111,21 @@ def _check_top_level(key: str, value) -> None:
         raise ConfigError(f"unknown data source {value!r}; choose one of {', '.join(SOURCES)}")
     if key == "data.root" and not (value is None or isinstance(value, str)):
         raise ConfigError(f"data.root must be a folder path or null, got {value!r}")
+    if key in ("shards", "checkpoint.every_steps") and not (_is_int(value) and value >= 1):
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    if key == "shard" and not (_is_int(value) and value >= 0):
+        raise ConfigError(f"shard must be a non-negative integer below shards, got {value!r}")
+    if key == "mutation" and not (value is None or isinstance(value, str)):
+        raise ConfigError(f"mutation must be the name of a mutation or null, got {value!r}")
+    if key in ("plan", "resume") and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if key == "checkpoint.every_minutes" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                                  and value > 0):
+        raise ConfigError(f"checkpoint.every_minutes must be positive, got {value!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _nest(parts: list[str], value) -> dict:
@@ -133,8 +149,21 @@ def _check_figure_setting(override, figures: list[str], groups: list[tuple[str, 
                 validate_settings(_nest(parts[2:], value), fid, f"figure.{parts[1]}", choice)
 
 
+def _check_launcher(override) -> None:
+    """hydra/launcher=<name>: a launcher whose plugin is installed (submitit: the cluster extra)."""
+    import importlib.util
+
+    names = [str(v) for v in _values(override)]
+    if any(n in ("slurm_gpu", "local") or n.startswith("submitit") for n in names) and \
+            importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        raise ConfigError(f"hydra/launcher={names[0]} needs the submitit launcher; install the cluster extra: "
+                          "pip install -e '.[cluster]'")
+
+
 def _check(override, figures: list[str], groups: list[tuple[str, ...]]) -> None:
     key = override.key_or_group
+    if key == "hydra/launcher":
+        _check_launcher(override)
     if key == "figure" or override.is_hydra_override() or _is_group(override):
         return
     if key.startswith("figure."):

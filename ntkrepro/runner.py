@@ -23,7 +23,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ntkrepro import claims as claims_mod
-from ntkrepro import manifest, preflight, runstate
+from ntkrepro import checkpoint, manifest, preflight, runstate, split
 from ntkrepro.errors import ConfigError, NtkreproError
 from ntkrepro.registry import SCALES
 from ntkrepro.validate import validate_settings
@@ -57,7 +57,7 @@ def effective_settings(cfg: DictConfig, task_overrides=()) -> DictConfig:
         data["source"] = "sample"  # smoke runs use the real samples shipped in the package: offline
     run_cfg = OmegaConf.merge(merged, {
         "id": fig.id, "title": fig.get("title", fig.id), "experiment": fig.experiment,
-        "scale": scale, "seed": cfg.seed, "data": data,
+        "scale": scale, "seed": cfg.seed, "data": data, "mutation": cfg.get("mutation"),
     })
     return run_cfg
 
@@ -122,54 +122,107 @@ def _prepare(cfg: DictConfig, task_overrides):
     run_cfg = effective_settings(cfg, task_overrides)
     validate_settings(OmegaConf.to_container(run_cfg, resolve=True), run_cfg.id,
                       groups=preflight.group_choices(list(task_overrides)))
-    return run_cfg, load_experiment(run_cfg.experiment)
+    module = load_experiment(run_cfg.experiment)
+    check_mutation(module, run_cfg)
+    return run_cfg, module
 
 
-def _compute(cfg: DictConfig, out_dir: Path, task_overrides):
-    """Effective settings, experiment module and its metrics; stop signals are held until the imports
-    are done (see `runstate.hold_signals`), then raise `runstate.Interrupted`."""
+def check_mutation(module, run_cfg) -> None:
+    """A mutation (tests only) must be one the experiment module declares in `MUTATIONS`."""
+    name = run_cfg.get("mutation")
+    known = getattr(module, "MUTATIONS", {})
+    if name is not None and name not in known:
+        raise ConfigError(f"unknown mutation '{name}' for figure {run_cfg.id}; known: "
+                          f"{', '.join(known) or 'none'} (mutations exist for the tests only)")
+
+
+def _compute(cfg: DictConfig, folder: runstate.RunFolder, task_overrides):
+    """Effective settings, experiment module and its metrics (of this job's points when the run is
+    split); stop signals are held until the imports are done (see `runstate.hold_signals`), then
+    raise `runstate.Interrupted`.  Training inside the run checkpoints into the run folder."""
     runstate.hold_signals()
     try:
         run_cfg, module = _prepare(cfg, task_overrides)
     finally:
         runstate.release_signals()
-    log.info("figure %s at scale %s -> %s", run_cfg.id, run_cfg.scale, out_dir)
-    return run_cfg, module, module.run(run_cfg)
+    shards, shard = int(cfg.get("shards", 1)), int(cfg.get("shard", 0))
+    points = split.select(split.points(module, run_cfg), shards, shard, run_cfg.id)
+    fingerprint = f"{split.settings_hash(run_cfg)}@{manifest.code_version()}"
+    folder.update(settings_hash=split.settings_hash(run_cfg), code_version=manifest.code_version(),
+                  **({"shards": shards, "shard": shard, "points": [split.describe(p) for p in points]}
+                     if points is not None else {}))
+    ckpt = cfg.get("checkpoint") or {}
+    root = folder.path / "checkpoints"
+    if cfg.get("resume", True) and points is None:
+        _adopt_checkpoints(Path(cfg.out_root), run_cfg, folder, fingerprint)
+    log.info("figure %s at scale %s -> %s", run_cfg.id, run_cfg.scale, folder.path)
+    with checkpoint.session(root, fingerprint=fingerprint, every_steps=int(ckpt.get("every_steps", 1000)),
+                            every_seconds=60.0 * float(ckpt.get("every_minutes", 10))):
+        metrics = module.run(run_cfg) if points is None else module.run(run_cfg, subset=points)
+    return run_cfg, module, metrics, points
 
 
-def _save(run_cfg, module, metrics, folder: runstate.RunFolder) -> list[claims_mod.Claim]:
+def _adopt_checkpoints(out_root: Path, run_cfg, folder: runstate.RunFolder, fingerprint: str) -> None:
+    """Resume: move the checkpoints of the newest interrupted (or stale) run of the same figure, scale,
+    settings and code into this run's folder, and mark that folder as resumed here."""
+    for path, record in reversed(runstate.find(out_root / run_cfg.id / run_cfg.scale)):
+        same = f"{record.get('settings_hash')}@{record.get('code_version')}" == fingerprint
+        if path == folder.path or not same or record["state"] not in ("interrupted", "stale"):
+            continue
+        if (path / "checkpoints").is_dir() and not record.get("resumed_by"):
+            os.rename(path / "checkpoints", folder.path / "checkpoints")
+            runstate.RunFolder(path).amend(resumed_by=str(folder.path))
+            folder.update(resumed_from=str(path))
+            log.info("resuming from the checkpoints of %s", path)
+        return
+
+
+def _save(run_cfg, module, metrics, folder: runstate.RunFolder, points=None) -> list[claims_mod.Claim]:
+    """Write the run's results; a part of a split run writes its metrics and manifest only (the
+    figure and the claims come from all parts: `ntkrepro.collect`)."""
     out_dir = folder.path
     OmegaConf.save(run_cfg, out_dir / SETTINGS_FILE, resolve=True)
     metrics.to_csv(out_dir / "metrics.csv", index=False)
-    result = finish(module, metrics, run_cfg, out_dir)
+    result = [] if points is not None else finish(module, metrics, run_cfg, out_dir)
+    extra = {} if points is None else {"part": {k: folder.record[k] for k in ("shards", "shard", "points")}}
     man = manifest.build(figure_id=run_cfg.id, scale=run_cfg.scale, seed=int(run_cfg.seed),
                          wall_time_s=time.time() - folder.t0, command=folder.record["command"],
                          started=folder.record["started"],
-                         settings=OmegaConf.to_container(run_cfg, resolve=True))
+                         settings=OmegaConf.to_container(run_cfg, resolve=True), **extra)
     manifest.write(man, out_dir / "manifest.json")
     return result
 
 
 def run_figure(cfg: DictConfig, out_dir: Path, task_overrides=()) -> list[claims_mod.Claim]:
-    """Run one figure into `out_dir`, which it claims first (`runstate.FolderTaken` if another process
-    did); on bad input the folder is removed and `NtkreproError` raised; a failure or a stop signal
-    marks the folder failed or interrupted and propagates."""
+    """Run one figure (or one part of a split run) into `out_dir`, which it claims first
+    (`runstate.FolderTaken` if another process did); on bad input the folder is removed and
+    `NtkreproError` raised; a failure or a stop signal marks the folder failed or interrupted and
+    propagates."""
     folder = runstate.RunFolder(out_dir)
-    folder.claim(figure=cfg.figure.id, scale=cfg.scale, seed=cfg.seed, command=command_line(),
-                 overrides=list(task_overrides))
+    split_run = int(cfg.get("shards", 1)) > 1
+    folder.claim(resume=split_run and bool(cfg.get("resume", True)), figure=cfg.figure.id, scale=cfg.scale,
+                 seed=cfg.seed, command=command_line(), overrides=list(task_overrides),
+                 out_root=str(Path(cfg.out_root).resolve()))
     try:
-        run_cfg, module, metrics = _compute(cfg, out_dir, task_overrides)
+        run_cfg, module, metrics, points = _compute(cfg, folder, task_overrides)
     except NtkreproError:
-        _discard(out_dir, cfg.out_root)
+        if folder.record.get("attempt", 1) == 1:
+            _discard(out_dir, cfg.out_root)
         raise
     except BaseException as err:
         _close_on_error(folder, err)
         raise
     try:
-        result = _save(run_cfg, module, metrics, folder)
+        result = _save(run_cfg, module, metrics, folder, points)
     except BaseException as err:
         _close_on_error(folder, err)
         raise
+    if points is not None:
+        folder.close("finished", part=True)
+        print(f"\n{run_cfg.id} ({run_cfg.scale}) part {cfg.shard} of {cfg.shards} -> {runstate.shown(out_dir)}"
+              f"\nwhen every part has finished: python -m ntkrepro.collect {runstate.shown(out_dir.parent)}",
+              flush=True)
+        return result
     folder.close("finished", claims=claims_mod.counts(result))
     runstate.link_latest(Path(cfg.out_root), run_cfg.id, run_cfg.scale, out_dir)
     print(f"\n{run_cfg.id} ({run_cfg.scale}) -> {runstate.shown(out_dir)}\n"

@@ -2,7 +2,7 @@
 
 A run claims its folder by creating `run.json` exclusively (a hard link: atomic, complete) (state `running`, host, pid, start time,
 command line) and rewrites it when it ends: `finished` (with claim counts), `failed` (traceback in
-`FAILED.txt`) or `interrupted` (SIGINT, SIGTERM or SIGHUP).  A folder still marked `running` whose
+`FAILED.txt`) or `interrupted` (SIGINT, SIGTERM, SIGHUP or SIGUSR1).  A folder still marked `running` whose
 process no longer exists on this host (e.g. killed by SIGKILL) reads as `stale`.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ log = logging.getLogger("ntkrepro")
 RUN_FILE = "run.json"
 COMMAND_ENV = "NTKREPRO_COMMAND"  # the command as typed (set by ntkrepro.cli), recorded with each run
 STATES = ("running", "finished", "failed", "interrupted", "stale")
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 
 
 class FolderTaken(NtkreproError):
@@ -30,7 +30,7 @@ class FolderTaken(NtkreproError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """A stop signal (SIGINT, SIGTERM, SIGHUP) arrived; the exit status is 128 + signum."""
+    """A stop signal (SIGINT, SIGTERM, SIGHUP, SIGUSR1) arrived; the exit status is 128 + signum."""
 
     def __init__(self, signum: int = signal.SIGINT):
         super().__init__(signum)
@@ -45,11 +45,15 @@ def _raise_interrupted(signum, frame):
     if _held["on"]:
         _held["pending"] = signum
         return
+    from ntkrepro import checkpoint
+
+    if signum != signal.SIGINT and checkpoint.defer_stop(signum):
+        return  # a training loop saves a checkpoint first, then raises Interrupted
     raise Interrupted(signum)
 
 
 def install_signal_handlers() -> None:
-    """Turn SIGINT, SIGTERM and SIGHUP into `Interrupted` (main thread only; no-op elsewhere)."""
+    """Turn SIGINT, SIGTERM, SIGHUP and SIGUSR1 into `Interrupted` (main thread only; no-op elsewhere)."""
     try:
         for sig in SIGNALS:
             signal.signal(sig, _raise_interrupted)
@@ -94,8 +98,10 @@ class RunFolder:
         self.record: dict = {}
         self.t0 = time.time()
 
-    def claim(self, **fields) -> dict:
-        """Create `run.json` (state running) exclusively; `FolderTaken` if another process did."""
+    def claim(self, resume: bool = False, **fields) -> dict:
+        """Create `run.json` (state running) exclusively; `FolderTaken` if another process did.
+        With `resume`, a folder whose run was interrupted or went stale (a job of a split run started
+        again in its own folder) is taken over, keeping its checkpoints; one taker wins."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.record = {"state": "running", "host": socket.gethostname(), "pid": os.getpid(),
                        "started": now_iso(), "ended": None, "wall_time_s": None, **fields}
@@ -103,17 +109,40 @@ class RunFolder:
         try:
             os.link(tmp, self.path / RUN_FILE)  # atomic and exclusive: fails if run.json exists
         except FileExistsError:
-            raise FolderTaken(f"{self.path} already belongs to another run ({RUN_FILE} exists); "
-                              "start this run again (it gets a new folder)") from None
+            previous = read(self.path) if resume else None
+            if previous is None or previous["state"] not in ("interrupted", "stale"):
+                raise FolderTaken(f"{self.path} already belongs to another run ({RUN_FILE} exists); "
+                                  "start this run again (it gets a new folder)") from None
+            self._take_over(previous, tmp)
         finally:
-            tmp.unlink()
+            if tmp.exists():
+                tmp.unlink()
         self.t0 = time.time()
         return self.record
 
+    def _take_over(self, previous: dict, tmp: Path) -> None:
+        attempt = int(previous.get("attempt", 1)) + 1
+        try:  # exclusive per attempt: of two processes taking over at once, one wins
+            os.close(os.open(self.path / f".attempt-{attempt}", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            raise FolderTaken(f"{self.path} was just taken over by another process") from None
+        self.record.update(attempt=attempt, resumed_from=previous["state"])
+        os.replace(self._write_tmp(), self.path / RUN_FILE)
+
+    def amend(self, **fields) -> None:
+        """Add fields to the record of a run that has ended (e.g. `resumed_by`)."""
+        self.record = json.loads((self.path / RUN_FILE).read_text())
+        self.update(**fields)
+
+    def update(self, **fields) -> None:
+        """Add fields to the record of the running run."""
+        self.record.update(fields)
+        os.replace(self._write_tmp(), self.path / RUN_FILE)
+
     def close(self, state: str, **fields) -> None:
         """Record how the run ended (finished, failed or interrupted)."""
-        self.record.update(state=state, ended=now_iso(), wall_time_s=round(time.time() - self.t0, 3),
-                           **fields)
+        self.record.update(state=state, ended=now_iso(), wall_time_s=round(time.time() - self.t0, 3))
+        self.record.update(fields)
         os.replace(self._write_tmp(), self.path / RUN_FILE)
 
     def _write_tmp(self) -> Path:

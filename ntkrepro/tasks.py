@@ -17,6 +17,10 @@ Kinds (`dataset`):
 * ``mnist`` / ``cifar10``: real images through `ntkrepro.data.prepare` (n_train, n_test, classes,
   selection, standardize, targets, flatten) and optional `image_pool` (average pooling by an integer
   factor, then the per-image standardisation is applied again so every image keeps unit variance).
+  ``standardize: channel_train_split`` (Arora et al.'s released code): pixels / 255, then per channel
+  (x - mean_c) / std_c with the mean and standard deviation (ddof 0) over every pixel of every image
+  of the source's WHOLE training split (all classes, whatever is selected; `channel_statistics`),
+  applied to both splits before any pooling.
 * ``gaussian``: n_train (and n_test) i.i.d. N(0, 1) inputs of dimension `dim` (numpy default_rng(seed),
   test inputs drawn after the training ones); `target`: ``none`` (zeros) or ``product`` (x1 x2).
 * ``circle``: points (cos g, sin g) -- or (sin g, cos g) with ``order: sin_cos`` -- at the angles
@@ -100,7 +104,7 @@ def load(task_cfg, data_cfg=None, *, seed: int = 0, name: str = "task", record: 
 
 
 _RECORDED = ("classes", "selection", "standardize", "targets", "image_pool", "description", "seed",
-             "flatten", "indices_checksum")
+             "flatten", "indices_checksum", "channel_mean", "channel_std")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,16 +126,40 @@ def pool_images(x: np.ndarray, factor: int, restandardize: bool) -> np.ndarray:
     return x
 
 
+CHANNEL_TRAIN_SPLIT = "channel_train_split"
+
+
+def channel_statistics(kind: str, source: str = "auto", root=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation (ddof 0) of pixels / 255 over every pixel of every
+    image of the WHOLE training split of the source (Arora et al.'s released code: X_train / 255,
+    X_train.mean(axis=(0, 2, 3)), X_train.std(axis=(0, 2, 3))), from exact integer sums."""
+    x, _, _ = data.load_raw(kind, "train", source=source, root=root)
+    flat = x.reshape(-1, x.shape[-1]).astype(np.int64)
+    count = flat.shape[0]
+    mean = flat.sum(axis=0) / count
+    var = (flat * flat).sum(axis=0) / count - mean ** 2
+    return mean / 255.0, np.sqrt(np.maximum(var, 0.0)) / 255.0
+
+
+def _channel_standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x - mean_c) / std_c over the last (channel) axis; flattened NHWC images are (N, H*W*C)."""
+    c = len(mean)
+    return ((x.reshape(len(x), -1, c) - mean) / np.maximum(std, data.STD_FLOOR)).reshape(x.shape)
+
+
 def _images(cfg: dict, data_cfg: dict, seed: int, name: str) -> Task:
     kind = cfg["dataset"]
     pool = int(_get(cfg, "image_pool", 1))
     if pool < 1:
         raise ConfigError(f"task.image_pool must be a positive integer, got {pool}")
     flatten = bool(_get(cfg, "flatten", False))
+    std_mode = _get(cfg, "standardize", "none")
+    by_channel = std_mode == CHANNEL_TRAIN_SPLIT
     common = dict(classes=cfg.get("classes"), selection=_get(cfg, "selection", "first"),
-                  flatten=flatten and pool == 1, standardize=_get(cfg, "standardize", "none"),
+                  flatten=flatten and pool == 1, standardize="none" if by_channel else std_mode,
                   targets=_get(cfg, "targets", "onehot"), source=_get(data_cfg, "source", "auto"),
                   root=data_cfg.get("root"), seed=seed)
+    stats = channel_statistics(kind, common["source"], common["root"]) if by_channel else None
     out, info = {}, {}
     for split in ("train", "test"):
         n = int(_get(cfg, f"n_{split}", 0))
@@ -141,12 +169,15 @@ def _images(cfg: dict, data_cfg: dict, seed: int, name: str) -> Task:
             out[split] = None
             continue
         ds = data.prepare(kind, split=split, n=n, **common)
-        x = ds.x
+        x = ds.x if stats is None else _channel_standardize(ds.x, *stats)
         if pool > 1:
             x = pool_images(x, pool, common["standardize"] == "image")
             x = x.reshape(len(x), -1) if flatten else x
         out[split] = (x, ds.y, ds.labels)
         info[split] = {**ds.info, "image_pool": pool}
+        if stats is not None:
+            info[split].update(standardize=std_mode, channel_mean=[float(v) for v in stats[0]],
+                               channel_std=[float(v) for v in stats[1]])
     if out["train"] is None:
         raise ConfigError("task.n_train must be at least 1")
     test = out["test"] or _empty_like(*out["train"])
@@ -233,3 +264,27 @@ def subset(task: Task, n: int) -> Task:
     return dataclasses.replace(task, x_train=task.x_train[:n], y_train=task.y_train[:n], labels_train=lab)
 
 
+
+
+def shapes(task_cfg) -> dict[str, tuple[int, ...]]:
+    """The array shapes `load` would return, from the settings alone (nothing is read: for cost
+    plans of runs whose data is not on this machine): x_train, y_train, x_test, y_test."""
+    cfg = _plain(task_cfg)
+    kind = cfg.get("dataset")
+    n_tr, n_te = int(_get(cfg, "n_train", 0)), int(_get(cfg, "n_test", 0))
+    if kind in ("mnist", "cifar10"):
+        h, w, c = data.IMAGE_SHAPE[kind]
+        pool = int(_get(cfg, "image_pool", 1))
+        image = (h // pool, w // pool, c)
+        x = (int(np.prod(image)),) if _get(cfg, "flatten", False) else image
+        k = len(cfg.get("classes") or data.CLASS_NAMES[kind])
+        y = (1,) if _get(cfg, "targets", "onehot") in ("label", "pm1") else (k,)
+    elif kind == "circle":
+        n_tr, x, y = len(cfg.get("train_angles") or []), (2,), (1,)
+    elif kind == "teacher":
+        x, y, n_te = (int(_get(cfg, "dim", 0)),), (int(_get(cfg, "out_dim", 1)),), 0
+    elif kind == "gaussian":
+        x, y = (int(_get(cfg, "dim", 0)),), (1,)
+    else:
+        raise ConfigError(f"unknown task dataset {kind!r}; set task.dataset to one of {', '.join(KINDS)}")
+    return {"x_train": (n_tr, *x), "y_train": (n_tr, *y), "x_test": (n_te, *x), "y_test": (n_te, *y)}

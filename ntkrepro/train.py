@@ -10,7 +10,8 @@ its first-order Taylor expansion at the initial parameters theta_0 (Lee et al. 2
     f_lin(theta, x) = f(theta_0, x) + J(theta_0, x) (theta - theta_0),
 
 evaluated with one forward-mode product (`jax.jvp`; no Jacobian is formed), with the very same loss,
-optimizer and minibatches as the network.
+optimizer and minibatches as the network.  `fit_side_by_side({"network": t, "linearized":
+t.linearization()}, ...)` trains both and records their outputs at the same steps.
 
 State.  A `TrainState` holds theta_0, the trainable variable, the optimizer state and the step.
 With ``delta=True`` (always for the linearization) the variable is delta = theta - theta_0 and the
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from functools import cached_property
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -298,40 +300,171 @@ def fit(trainer: Trainer, params0, x, y, *, steps: int, record_at=(), observe: C
     schedule = None
     if trainer.batch_size is not None and trainer.batch_size < len(x):
         schedule = jnp.asarray(batch_schedule(len(x), trainer.batch_size, steps, seed))
-    init, advance, loss = _programs(trainer, batched, shared_params, lr, stop, host_loop)
+    init, advance, loss = _cached_programs(trainer, batched, shared_params, lr, stop, host_loop)
     resumed_at = -1 if state is None else int(np.max(np.asarray(state.step)))
     if state is None:
         state = init(params0, lr)
-    if stop is not None and loss0 is None:
-        loss0 = loss(state, x, y)
-    records, losses, reached = [], [], []
-    stopped = np.zeros(np.shape(state.step), bool)
-    for target in record:
-        current = int(np.max(np.asarray(state.step)))
-        if target < current or (target == current == resumed_at and resumed_at > 0):
-            continue  # recorded before the state was saved
-        if target > current:
-            state, done = advance(state, x, y, jnp.asarray(target - current, jnp.int32), schedule, loss0)
-            stopped = stopped | np.asarray(done)
-        at = target if batched else int(state.step)   # a stopped model is where it stopped
-        if reached and at == reached[-1]:               # it stopped exactly at the last point
-            break
-        reached.append(at)
-        if track_loss:
-            losses.append(np.asarray(loss(state, x, y), np.float64))
-        if observe is not None:
-            records.append(observe(at, state))
-        if on_record is not None:
-            on_record(at, state)
-        if stop is not None and np.all(stopped):
-            break
-    loss_arr = np.asarray(losses, np.float64)
-    diverged = ~_finite_models(state.variable, batched)
-    if loss_arr.size:
-        diverged = diverged | ~np.all(np.isfinite(loss_arr), axis=0)
-    if not batched:
-        return FitResult(state, reached, records, loss_arr, bool(stopped), bool(diverged))
-    return FitResult(state, reached, records, loss_arr, stopped, diverged)
+    if batched:
+        state = shard_models(state)
+    ck = _Checkpoints.open(state)
+    run = _Progress(state, loss0 if loss0 is not None or stop is None else loss(state, x, y))
+    if ck is not None:
+        done = ck.restore(run)
+        if done is not None:
+            return done
+    try:
+        for target in record:
+            current = int(np.max(np.asarray(run.state.step)))
+            if target < current or (target == current and (target == resumed_at > 0 or target in run.reached)):
+                continue  # recorded before the state was saved
+            while target > current and not np.all(run.stopped):
+                n = target - current if ck is None else ck.segment(target - current)
+                t0 = time.monotonic()
+                run.state, done = advance(run.state, x, y, jnp.asarray(n, jnp.int32), schedule, run.loss0)
+                run.stopped = run.stopped | np.asarray(done)
+                if ck is not None:
+                    ck.after_segment(n, time.monotonic() - t0, run)
+                current = int(np.max(np.asarray(run.state.step)))
+            at = target if batched else int(run.state.step)   # a stopped model is where it stopped
+            if run.reached and at == run.reached[-1]:           # it stopped exactly at the last point
+                break
+            run.reached.append(at)
+            if track_loss:
+                run.losses.append(np.asarray(loss(run.state, x, y), np.float64))
+            if observe is not None:
+                run.records.append(observe(at, run.state))
+            if on_record is not None:
+                on_record(at, run.state)
+            if ck is not None:
+                ck.after_record(run)
+            if stop is not None and np.all(run.stopped):
+                break
+    finally:
+        if ck is not None:
+            ck.close()
+    if ck is not None:
+        ck.save(run, final=batched)
+    return run.result(batched)
+
+
+class _Progress:
+    """What `fit` has done so far (what a checkpoint holds)."""
+
+    def __init__(self, state, loss0):
+        self.state, self.loss0 = state, loss0
+        self.reached, self.records, self.losses = [], [], []
+        self.stopped = np.zeros(np.shape(state.step), bool)
+
+    def meta(self) -> dict:
+        return {"reached": self.reached, "records": self.records, "losses": self.losses,
+                "stopped": self.stopped, "loss0": None if self.loss0 is None else np.asarray(self.loss0)}
+
+    def load(self, state, meta: dict) -> None:
+        self.state = state
+        self.reached, self.records, self.losses = meta["reached"], meta["records"], meta["losses"]
+        self.stopped = np.asarray(meta["stopped"])
+        self.loss0 = None if meta["loss0"] is None else jnp.asarray(meta["loss0"])
+
+    def result(self, batched: bool) -> FitResult:
+        loss_arr = np.asarray(self.losses, np.float64)
+        diverged = ~_finite_models(self.state.variable, batched)
+        if loss_arr.size:
+            diverged = diverged | ~np.all(np.isfinite(loss_arr), axis=0)
+        if not batched:
+            return FitResult(self.state, self.reached, self.records, loss_arr, bool(np.any(self.stopped)),
+                             bool(diverged))
+        return FitResult(self.state, self.reached, self.records, loss_arr, self.stopped, diverged)
+
+
+class _Checkpoints:
+    """`fit`'s side of `ntkrepro.checkpoint`: restore, save periodically, stop on request."""
+
+    PAUSE_SECONDS = 30.0   # a compiled segment runs at most about this long, so a stop request waits
+                           # at most that long before the state is saved
+
+    def __init__(self, sess, key: str, abstract_state):
+        self.sess, self.key, self.abstract = sess, key, abstract_state
+        self.since_save, self.sec_per_step = 0, None
+        self.clock = _clock(sess.every_seconds)
+        sess.in_fit = True
+
+    @classmethod
+    def open(cls, state):
+        from ntkrepro import checkpoint
+
+        sess = checkpoint.current()
+        if sess is None:
+            return None
+        return cls(sess, sess.next_key(), jax.eval_shape(lambda s: s, state))
+
+    def restore(self, run: _Progress):
+        found = self.sess.load(self.key, self.abstract)
+        if found is None:
+            return None
+        state, meta = found
+        run.load(state, meta)
+        return None if meta.get("final") is None else run.result(meta["final"])
+
+    def segment(self, remaining: int) -> int:
+        n = min(remaining, self.sess.every_steps - self.since_save)
+        if self.sec_per_step:
+            n = min(n, int(self.PAUSE_SECONDS / self.sec_per_step))
+        return max(1, n)
+
+    def after_segment(self, n: int, seconds: float, run: _Progress) -> None:
+        self.sec_per_step = seconds / max(n, 1)
+        self.since_save += n
+        if self.sess.stop_signal is not None:
+            self.save(run)
+            from ntkrepro.runstate import Interrupted
+
+            raise Interrupted(self.sess.stop_signal)
+        if self.since_save >= self.sess.every_steps or self.clock.due():
+            self.save(run)
+
+    def after_record(self, run: _Progress) -> None:
+        if self.clock.due():
+            self.save(run)
+
+    def save(self, run: _Progress, final: bool | None = None) -> None:
+        """Save the progress; `final` (the fit's `batched`) marks a finished fit."""
+        self.sess.save(self.key, run.state, {**run.meta(), "final": final})
+        self.since_save = 0
+        self.clock.reset()
+
+    def close(self) -> None:
+        self.sess.in_fit = False
+
+
+def _clock(seconds: float):
+    from ntkrepro.checkpoint import Clock
+
+    return Clock(seconds)
+
+
+def shard_models(state: TrainState) -> TrainState:
+    """Spread a batched state over all local devices along its model axis (one device: unchanged).
+    The vmapped program then runs its models in parallel, one group per device (`jax.sharding`)."""
+    devices = jax.local_devices()
+    n_models = int(np.shape(state.step)[0]) if np.ndim(state.step) else 1
+    if len(devices) < 2 or n_models % len(devices):
+        return state
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    sharding = NamedSharding(Mesh(np.asarray(devices), ("models",)), PartitionSpec("models"))
+    return jax.device_put(state, sharding)
+
+
+def _cached_programs(trainer: Trainer, batched: bool, shared_params: bool, lr, stop, host_loop: bool):
+    """`_programs`, built once per trainer and configuration: a loop of `fit` calls with one trainer
+    (e.g. over initialisations) compiles once, not once per call (~0.5 s of CPU each).  Kept on the
+    trainer, keyed by `stop` too (pass the same function to reuse them)."""
+    lr_axis = 0 if lr is not None and np.ndim(lr) == 1 else None
+    cache = trainer.__dict__.setdefault("_fit_programs", {})
+    key = (id(trainer), bool(batched), bool(shared_params), lr_axis, stop, bool(host_loop))
+    if key not in cache:
+        cache[key] = _programs(trainer, batched, shared_params, lr, stop, host_loop)
+    return cache[key]
 
 
 def _programs(trainer: Trainer, batched: bool, shared_params: bool, lr, stop, host_loop: bool = False):

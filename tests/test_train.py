@@ -181,3 +181,53 @@ def test_a_run_stopping_exactly_at_a_recording_point_records_it_once(problem):
     res = fit(Trainer(_linear, lr=0.1), w0, x, y, steps=10, record_at=[0, 5, 10],
               observe=lambda s, st: calls.append(s), stop=lambda loss, loss0: loss <= level)
     assert res.steps == [0, 5] and calls == [0, 5] and len(res.losses) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints (ntkrepro.checkpoint): a fit inside a run session saves and resumes
+
+
+def _session_fit(tmp_path, trainer, params0, x, y, stop_after=None, **kw):
+    from ntkrepro import checkpoint
+    from ntkrepro.runstate import Interrupted
+
+    with checkpoint.session(tmp_path / "ck", every_steps=3, every_seconds=1e9, fingerprint="f") as sess:
+        if stop_after is not None:  # a stop signal arrives during the first segment
+            sess.request_stop(15)
+        try:
+            return fit(trainer, params0, x, y, **kw)
+        except Interrupted as err:
+            assert err.signum == 15
+            return None
+
+
+def test_a_stopped_fit_saves_and_a_restarted_one_resumes_identically(tmp_path, problem):
+    x, y, _ = problem
+    spec = ModelSpec(width=8, depth=1, out_dim=2)
+    params0 = spec.init(jax.random.PRNGKey(1), x)
+    trainer = Trainer(spec.apply, lr=0.1, momentum=0.9, batch_size=4)
+    kw = dict(steps=10, record_at=[0, 2, 7], seed=3, observe=lambda s, st: float(st.step))
+    straight = fit(trainer, params0, x, y, **kw)
+    assert _session_fit(tmp_path, trainer, params0, x, y, stop_after=1, **kw) is None
+    meta = list((tmp_path / "ck").glob("fit-0000/meta.pkl"))
+    assert meta, "the stop request saved a checkpoint"
+    resumed = _session_fit(tmp_path, trainer, params0, x, y, **kw)
+    assert resumed.steps == straight.steps == [0, 2, 7, 10]
+    assert resumed.records == straight.records
+    np.testing.assert_array_equal(resumed.losses, straight.losses)
+    for a, b in zip(jax.tree_util.tree_leaves(resumed.state), jax.tree_util.tree_leaves(straight.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # a finished fit is not recomputed: its result comes back from the final checkpoint
+    again = _session_fit(tmp_path, trainer, params0, x, y, **{**kw, "observe": None})
+    assert again.records == straight.records and again.steps == straight.steps
+
+
+def test_a_checkpoint_from_other_settings_is_refused(tmp_path, problem):
+    from ntkrepro import checkpoint
+
+    x, y, w0 = problem
+    with checkpoint.session(tmp_path / "ck", fingerprint="a"):
+        fit(Trainer(_linear, lr=0.1), w0, x, y, steps=3)
+    with checkpoint.session(tmp_path / "ck", fingerprint="b"):
+        with pytest.raises(checkpoint.CheckpointMismatch, match="other settings"):
+            fit(Trainer(_linear, lr=0.1), w0, x, y, steps=3)

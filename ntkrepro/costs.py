@@ -1,0 +1,178 @@
+"""What a run will cost, before it runs: XLA's own cost analysis of the compiled steps.
+
+Nothing here executes a step on data.  A step is lowered and compiled on abstract inputs
+(`jax.ShapeDtypeStruct`), and XLA reports its floating-point operations, bytes accessed and peak
+memory (`Compiled.cost_analysis`, `Compiled.memory_analysis`).  A job's cost is the sum over its
+pieces of (cost of one call) x (number of calls).  Times are estimated with a roofline,
+max(flops / peak flop rate, bytes / memory bandwidth):
+
+* on this machine from rates measured here (a dense matmul and a large copy, timed once per process),
+* on named accelerators from their published peak rates (`ACCELERATORS`, datasheet numbers, stated
+  as such: real runs reach a fraction of them, so these are lower bounds on time).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Datasheet peak rates (dense, no sparsity): flop/s for float32 (non-tensor-core FP32) and float64,
+# and HBM bandwidth in bytes/s.  Sources: NVIDIA A100 SXM4 80GB and H100 SXM5 80GB datasheets.
+ACCELERATORS = {
+    "A100": {"float32": 19.5e12, "float64": 9.7e12, "bandwidth": 2.04e12, "memory": 80e9},
+    "H100": {"float32": 67e12, "float64": 34e12, "bandwidth": 3.35e12, "memory": 80e9},
+}
+
+
+@dataclasses.dataclass
+class Cost:
+    """Work of one piece of a job: `calls` executions of one compiled program."""
+    name: str
+    flops: float            # per call
+    bytes: float            # bytes accessed per call
+    peak_memory: float      # bytes (arguments + outputs + temporaries) of one call
+    calls: float = 1.0
+    dtype: str = "float32"
+
+    @property
+    def total_flops(self) -> float:
+        return self.flops * self.calls
+
+    @property
+    def total_bytes(self) -> float:
+        return self.bytes * self.calls
+
+    def seconds(self, rates: dict) -> float:
+        """Roofline estimate of the time of all calls at the given peak rates."""
+        return self.calls * max(self.flops / rates[self.dtype], self.bytes / rates["bandwidth"])
+
+
+def abstract(tree):
+    """ShapeDtypeStructs of every array leaf of `tree` (arrays, or ShapeDtypeStructs already)."""
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype)
+                                  if not isinstance(a, jax.ShapeDtypeStruct) else a, tree)
+
+
+def analyse(name: str, fn: Callable, *args, calls: float = 1.0, static_argnums=()) -> Cost:
+    """Compile `fn` on abstract `args` (arrays or ShapeDtypeStructs; nothing runs) and read XLA's
+    cost and memory analysis."""
+    shapes = abstract(args)
+    compiled = jax.jit(fn, static_argnums=static_argnums).lower(*shapes).compile()
+    ca = compiled.cost_analysis() or {}
+    if isinstance(ca, (list, tuple)):  # older JAX: one dict per device program
+        ca = ca[0] if ca else {}
+    mem = compiled.memory_analysis()
+    peak = 0.0
+    if mem is not None:  # arguments + outputs + temporaries (XLA's CPU peak figure leaves out temporaries)
+        peak = float(max(getattr(mem, "peak_memory_in_bytes", 0) or 0,
+                         mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                         - getattr(mem, "alias_size_in_bytes", 0)))
+    leaves = [s for s in jax.tree_util.tree_leaves(shapes) if jnp.issubdtype(s.dtype, jnp.floating)]
+    dtype = "float64" if any(s.dtype == jnp.float64 for s in leaves) else "float32"
+    return Cost(name, float(ca.get("flops", 0.0)), float(ca.get("bytes accessed", 0.0)), peak,
+                float(calls), dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def machine_rates() -> dict:
+    """This machine's measured rates: matmul flop/s in float32 and float64, copy bandwidth (bytes/s)."""
+    rates = {}
+    for name, dtype in (("float32", jnp.float32), ("float64", jnp.float64)):
+        if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+            rates[name] = rates["float32"] / 2
+            continue
+        n = 1024
+        a = jnp.ones((n, n), dtype)
+        mm = jax.jit(lambda u: u @ u)
+        rates[name] = 2 * n ** 3 / _best_time(lambda: mm(a).block_until_ready())
+    big = jnp.ones((32 * 2 ** 20,), jnp.float32)        # 128 MiB: past every cache
+    cp = jax.jit(lambda u: u * 1.0001)
+    rates["bandwidth"] = 2 * big.nbytes / _best_time(lambda: cp(big).block_until_ready())
+    rates["memory"] = float("nan")
+    return rates
+
+
+def _best_time(fn, reps: int = 3) -> float:
+    fn()  # compile and warm up
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@dataclasses.dataclass
+class Job:
+    """One job of a split run (a shard): its pieces of work."""
+    name: str
+    costs: list[Cost]
+
+    @property
+    def flops(self) -> float:
+        return sum(c.total_flops for c in self.costs)
+
+    @property
+    def peak_memory(self) -> float:
+        return max((c.peak_memory for c in self.costs), default=0.0)
+
+    def seconds(self, rates: dict) -> float:
+        return sum(c.seconds(rates) for c in self.costs)
+
+
+def table(jobs: Sequence[Job], accelerators=("A100", "H100")) -> str:
+    """The plan as a text table: per job flops, peak memory, estimated time here and on each
+    accelerator; then the totals (GPU-hours = sum of job times on that accelerator)."""
+    here = machine_rates()
+    head = ["job", "GFLOP", "peak MiB", "here"] + list(accelerators)
+    rows = [head]
+    totals = {k: 0.0 for k in ("here", *accelerators)}
+    for job in jobs:
+        t_here = job.seconds(here)
+        t_acc = [job.seconds(ACCELERATORS[a]) for a in accelerators]
+        totals["here"] += t_here
+        for a, t in zip(accelerators, t_acc):
+            totals[a] += t
+        rows.append([job.name, f"{job.flops / 1e9:.3g}", f"{job.peak_memory / 2 ** 20:.3g}",
+                     human_time(t_here)] + [human_time(t) for t in t_acc])
+    rows.append(["total", f"{sum(j.flops for j in jobs) / 1e9:.3g}",
+                 f"{max((j.peak_memory for j in jobs), default=0) / 2 ** 20:.3g}",
+                 human_time(totals["here"])] + [f"{totals[a] / 3600:.3g} GPU-h" for a in accelerators])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def human_time(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "n/a"
+    for unit, size in (("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def training(name: str, trainer, spec, x_shape, y_shape, steps: int, *, dtype=jnp.float32,
+             record_points: int = 0, models: int = 1) -> list[Cost]:
+    """The work of `fit(trainer, spec.init(...), x, y, steps=steps, ...)` for `models` models:
+    `steps` training steps (on a batch of `trainer.batch_size`, or all of x) and the full-data loss
+    at `record_points` recording points; memory of one vmapped program of all the models."""
+    x = jax.ShapeDtypeStruct(tuple(x_shape), dtype)
+    y = jax.ShapeDtypeStruct(tuple(y_shape), dtype)
+    params = jax.eval_shape(lambda k, xx: spec.init(k, xx), jax.random.PRNGKey(0), x)
+    state = jax.eval_shape(trainer.init, params)
+    b = min(trainer.batch_size or x.shape[0], x.shape[0])
+    xb = jax.ShapeDtypeStruct((b, *x.shape[1:]), dtype)
+    yb = jax.ShapeDtypeStruct((b, *y.shape[1:]), dtype)
+    step = analyse(f"{name}: train step", lambda s, u, v: trainer.step_fn(s, u, v), state, xb, yb,
+                   calls=steps * models)
+    step.peak_memory *= models
+    out = [step]
+    if record_points:
+        out.append(analyse(f"{name}: loss", lambda s, u, v: trainer._objective(s.params0, s.variable, u, v),
+                           state, x, y, calls=record_points * models))
+    return out

@@ -1,0 +1,298 @@
+"""Paper scale on a cluster (issue 15): split runs and collect, submitit, checkpoints and resume,
+many devices, the cost plan, and the one-line errors of each."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from helpers import REPO, cli
+from smoke_pin import compare
+
+from ntkrepro import runstate
+from ntkrepro.registry import CONF_DIR, SCALES, figure_ids
+
+FIGURES = figure_ids()
+
+
+def _one_line_error(res, fragment: str):
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
+    assert fragment in lines[0], lines[0]
+
+
+def _metrics(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / "metrics.csv")
+
+
+def _sorted(m: pd.DataFrame) -> pd.DataFrame:
+    keys = [c for c in m.columns if c != "value"]
+    return m.sort_values(keys, na_position="first").reset_index(drop=True)
+
+
+def _finished(out_root: Path, fid: str) -> list[Path]:
+    return [p for p, r in runstate.find(out_root) if r.get("figure") == fid and r["state"] == "finished"
+            and not r.get("part")]
+
+
+# ----------------------------------------------------------------------------------------------
+# split and collect
+
+
+def _smoke_points(fid: str) -> int:
+    from ntkrepro import plan, split
+
+    _, run_cfg, module = plan.compose(fid, "smoke")
+    return len(split.points(module, run_cfg) or [])
+
+
+@pytest.mark.parametrize("fid", FIGURES)
+def test_split_run_collected_equals_the_unsplit_run(tmp_path, fid):
+    """Every figure splits along its sweep points, and its collected parts are the unsplit run."""
+    n_points = _smoke_points(fid)
+    assert n_points >= 2, f"{fid} has {n_points} sweep points at smoke scale: nothing to split"
+    whole = cli(f"figure={fid}", "scale=smoke", out_root=tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    split = cli("-m", f"figure={fid}", "scale=smoke", "shards=2", "shard=0,1", out_root=tmp_path / "split")
+    assert split.returncode == 0, split.stderr[-3000:]
+    sweep = next((tmp_path / "split" / "shards" / fid / "smoke").iterdir())
+    col = cli(str(sweep), out_root=tmp_path, module="ntkrepro.collect")
+    assert col.returncode == 0, col.stderr[-3000:]
+    (unsplit,), (collected,) = _finished(tmp_path / "whole", fid), _finished(tmp_path / "split", fid)
+    assert compare(_sorted(_metrics(unsplit)), _sorted(_metrics(collected)), rtol=1e-6, atol=1e-9) == []
+    assert json.loads((collected / "claims.json").read_text())
+    assert (collected / f"{fid}.png").is_file()
+
+
+def test_two_job_split_through_submitit_local_and_collect(tmp_path):
+    res = cli("-m", "figure=lee-s10", "scale=smoke", "shards=2", "shard=range(2)", "hydra/launcher=local",
+              out_root=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    sweep = next((tmp_path / "shards" / "lee-s10" / "smoke").iterdir())
+    parts = [r for _, r in runstate.find(sweep) if r.get("part")]
+    assert sorted(r["shard"] for r in parts) == [0, 1] and len({r["pid"] for r in parts}) == 2
+    assert list(sweep.glob(".submitit/*"))  # real submitit jobs
+    col = cli(str(sweep), out_root=tmp_path, module="ntkrepro.collect")
+    assert col.returncode == 0, col.stderr[-3000:]
+    (latest := tmp_path / "lee-s10" / "smoke" / "latest").resolve()
+    assert latest.is_symlink() and "collected-" in os.readlink(latest)
+
+
+def test_running_the_same_split_again_computes_only_what_is_missing(tmp_path):
+    args = ("-m", "figure=lee-s10", "scale=smoke", "shards=2", "shard=range(2)")
+    assert cli(*args, out_root=tmp_path).returncode == 0
+    sweep = next((tmp_path / "shards" / "lee-s10" / "smoke").iterdir())
+    part1 = next(p for p, r in runstate.find(sweep) if r.get("shard") == 1)
+    record = json.loads((part1 / "run.json").read_text())
+    (part1 / "run.json").write_text(json.dumps({**record, "state": "interrupted"}))  # as if killed
+    again = cli(*args, out_root=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "shard=1" in again.stdout + again.stderr and "shard=0" not in again.stdout.split("#0")[-1]
+    assert runstate.read(part1)["state"] == "finished" and runstate.read(part1)["attempt"] == 2
+    done = cli(*args, out_root=tmp_path)
+    assert done.returncode == 0 and "all 2 requested parts have finished" in done.stdout
+
+
+def test_collect_refuses_an_incomplete_or_mixed_sweep(tmp_path):
+    assert cli("figure=lee-s10", "scale=smoke", "shards=2", "shard=0", out_root=tmp_path).returncode == 0
+    sweep = next((tmp_path / "shards" / "lee-s10" / "smoke").iterdir())
+    res = cli(str(sweep), out_root=tmp_path, module="ntkrepro.collect")
+    _one_line_error(res, "1 of 2 parts not finished: shard=1 (never started)")
+    assert cli("figure=lee-s10", "scale=smoke", "shards=2", "shard=1", out_root=tmp_path).returncode == 0
+    part1 = next(p for p, r in runstate.find(sweep) if r.get("shard") == 1)
+    record = json.loads((part1 / "run.json").read_text())
+    (part1 / "run.json").write_text(json.dumps({**record, "code_version": "0123abcd"}))
+    _one_line_error(cli(str(sweep), out_root=tmp_path, module="ntkrepro.collect"),
+                    "come from different code versions")
+    assert not list(sweep.rglob("collected-*"))
+
+
+BAD = [
+    (["figure=lee-s10", "shards=2", "shard=2"], "shard must be in [0, 2)"),
+    (["figure=lee-s10", "shards=0"], "shards must be a positive integer"),
+    (["figure=lee-s10", "shards=99", "shard=0"], "fewer than shards=99"),
+    (["figure=lee-s10", "plan=maybe"], "plan must be true or false"),
+    (["figure=lee-s10", "mutation=nonsense"], "unknown mutation 'nonsense'"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_scale_out_input_is_one_line(tmp_path, args, fragment):
+    _one_line_error(cli(*args, "scale=smoke", out_root=tmp_path), fragment)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_a_launcher_that_is_not_installed_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from ntkrepro import preflight
+    from ntkrepro.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if "submitit" in name else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[cluster\]'"):
+        preflight.check(["figure=lee-s10", "hydra/launcher=slurm_gpu"], True)
+
+
+def test_launcher_presets_compose():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["figure=lee-s10", "hydra/launcher=slurm_gpu",
+                                           "hydra.launcher.partition=gpu", "hydra.launcher.account=lab"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher.gpus_per_node == 1 and launcher.partition == "gpu" and launcher.account == "lab"
+    assert "submitit" in launcher._target_
+
+
+# ----------------------------------------------------------------------------------------------
+# preemption-safe training
+
+
+RESUME = ["figure=lee-1", "scale=smoke", "figure.smoke.steps=3000", "figure.smoke.widths=[64]",
+          "checkpoint.every_steps=100"]
+
+
+def _start(args, out_root):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ntkrepro", *args, f"out_root={out_root}"], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(out_root: Path, proc, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if list(out_root.rglob("checkpoints/fit-0000/meta.pkl")):
+            return
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint was written")
+
+
+def test_a_run_killed_with_sigkill_resumes_and_gives_the_same_metrics(tmp_path):
+    straight = cli(*RESUME, out_root=tmp_path / "a")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    proc = _start(RESUME, tmp_path / "b")
+    _wait_for_checkpoint(tmp_path / "b", proc)
+    proc.kill()
+    proc.wait()
+    killed = [r for _, r in runstate.find(tmp_path / "b")]
+    assert [r["state"] for r in killed] == ["stale"]           # never mistaken for finished
+    again = cli(*RESUME, out_root=tmp_path / "b")
+    assert again.returncode == 0, again.stderr[-3000:]
+    (resumed,) = _finished(tmp_path / "b", "lee-1")
+    assert runstate.read(resumed)["resumed_from"]
+    (reference,) = _finished(tmp_path / "a", "lee-1")
+    assert compare(_metrics(reference), _metrics(resumed), rtol=0, atol=0) == []
+
+
+def test_sigterm_saves_a_checkpoint_and_marks_the_run_interrupted(tmp_path):
+    proc = _start(RESUME, tmp_path)
+    _wait_for_checkpoint(tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    ((folder, record),) = runstate.find(tmp_path)
+    assert record["state"] == "interrupted" and record["signal"] == "SIGTERM"
+    assert (folder / "checkpoints" / "fit-0000" / "meta.pkl").is_file()
+
+
+def test_kernel_blocks_of_a_killed_run_are_not_recomputed(tmp_path):
+    import jax.numpy as jnp
+
+    from ntkrepro import checkpoint, kernels
+
+    calls = []
+
+    def kernel(a, b):
+        calls.append(1)
+        if len(calls) == 3 and not (tmp_path / "second").exists():
+            raise KeyboardInterrupt  # killed during the third block
+        return kernels.fc(a, b, depth=1).ntk
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 3)))
+    with checkpoint.session(tmp_path / "ck"):
+        with pytest.raises(KeyboardInterrupt):
+            kernels.blockwise(kernel, x, block_size=2, cache_dir=checkpoint.kernel_cache("k"), key="fc1")
+    done = len(list((tmp_path / "ck" / "kernels" / "k").glob("block_*.npz")))
+    assert done >= 2
+    (tmp_path / "second").touch()
+    calls.clear()
+    with checkpoint.session(tmp_path / "ck"):
+        full = kernels.blockwise(kernel, x, block_size=2, cache_dir=checkpoint.kernel_cache("k"), key="fc1")
+    n_blocks = len(list((tmp_path / "ck" / "kernels" / "k").glob("block_*.npz")))
+    assert len(calls) == n_blocks - done
+    np.testing.assert_allclose(np.asarray(full), np.asarray(kernels.fc(x, depth=1).ntk), rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# many devices in one job
+
+
+def test_vmapped_models_sharded_over_four_devices_equal_one_device(tmp_path):
+    script = """
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+from ntkrepro.models import ModelSpec
+from ntkrepro.train import Trainer, fit
+x = jnp.asarray(np.random.default_rng(0).standard_normal((16, 5)))
+y = jnp.asarray(np.random.default_rng(1).standard_normal((16, 2)))
+spec = ModelSpec(width=16, depth=2, out_dim=2)
+params = jax.vmap(lambda k: spec.init(k, x))(jax.random.split(jax.random.PRNGKey(0), 4))
+res = fit(Trainer(spec.apply, lr=0.1, momentum=0.9, batch_size=4), params, x, y, steps=20, batched=True)
+leaf = jax.tree_util.tree_leaves(res.state.variable)[0]
+print(len(jax.devices()), len(leaf.sharding.device_set))
+np.save("OUT", np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree_util.tree_leaves(res.state.variable)]))
+"""
+    out = {}
+    for n in (1, 4):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+        path = tmp_path / f"d{n}.npy"
+        res = subprocess.run([sys.executable, "-c", script.replace("OUT", str(path))], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.stdout.split() == [str(n), str(n)]           # the models are spread over every device
+        out[n] = np.load(path)
+    np.testing.assert_allclose(out[4], out[1], rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------------------------
+# the cost plan
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("fid", FIGURES)
+def test_plan_composes_for_every_figure_and_scale(fid, scale):
+    """Nothing runs: every job's work comes from XLA's cost analysis of abstract inputs."""
+    from ntkrepro import plan
+
+    jobs = plan.jobs(fid, scale)
+    assert jobs and all(j.costs for j in jobs)
+    assert all(c.flops >= 0 and c.calls >= 1 and c.peak_memory > 0 for j in jobs for c in j.costs)
+    assert sum(j.flops for j in jobs) > 0
+
+
+def test_plan_on_the_command_line_prints_the_jobs_and_writes_nothing(tmp_path):
+    res = cli("figure=lee-s9", "scale=paper", "shards=3", "plan=true", out_root=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "lee-s9 shard=2" in res.stdout and "GPU-h" in res.stdout and "A100" in res.stdout
+    assert not list(tmp_path.iterdir())
+
+
+def test_make_plan_prints_for_every_figure():
+    res = subprocess.run(["make", "plan"], cwd=REPO, capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for fid in FIGURES:
+        assert f"plan: {fid} at scale paper" in res.stdout
