@@ -1,152 +1,73 @@
 """Jacot, Gabriel & Hongler 2018, Sec. 6.1 (Figure 1): the NTK converges to a fixed limit.
 
 Networks of Jacot's depth L (L - 1 hidden ReLU layers of width n, one output, Sec. 2 with
-beta = 0.1: `ntkrepro.nets` NTK parameterization with w_var = 1, b_var = beta^2) are drawn
+beta = 0.1: a `models.ModelSpec` mlp in NTK parameterization with w_var = 1, b_var = beta^2) are drawn
 `ensemble` times per width.  Theta^(L)(x0, x) is evaluated for x0 = (1, 0) and x = (cos g, sin g)
-at initialisation and after `steps` steps of full-batch gradient descent (learning rate 1.0) on the
-cost C(f) = 1/2 E_pin (f - f*)^2 (the MEAN over the training points, Sec. 5) with f*(x) = x1 x2
-on N(0, I_2) inputs.  The analytic limit Theta^(L)_inf (`ntkrepro.kernels.fc`) is the reference.
-Kernels are computed layer by layer (`ntkrepro.empirical.mlp_ntk`) in float64; training runs in
-`train_dtype` (float32 by default, for speed).
-
-The helpers `jacot_model` and `train_gd` are shared with `jacot_function` and `jacot_pca`.
+(the `circle` task) at initialisation and after `steps` steps of full-batch gradient descent
+(learning rate 1.0, `train.fit`) on the cost C(f) = 1/2 E_pin (f - f*)^2 (the MEAN over the training
+points, Sec. 5) with f*(x) = x1 x2 on N(0, I_2) inputs (the `task`).  The analytic limit
+Theta^(L)_inf (`kernels.fc`) is the reference.  Kernels are computed layer by layer
+(`empirical.mlp_ntk`) in float64; training runs in `train_dtype` (float32 by default, for speed).
 """
 from __future__ import annotations
 
-from functools import partial
+import itertools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import data, kernels, plotting
-from ntkrepro.empirical import mlp_ntk
-from ntkrepro.linearize import mse_loss
-from ntkrepro.manifest import record_data
-from ntkrepro.nets import init_params, make_mlp
-
-
-# ----------------------------------------------------------------------------------------------
-# shared helpers
-
-
-def b_var(cfg) -> float:
-    """Jacot's bias multiplier beta enters the NTK parameterization as sigma_b = beta."""
-    return float(cfg.beta) ** 2
-
-
-def jacot_model(cfg, width: int, depth: int | None = None):
-    """Sec. 2 / Remark 1: h = W x / sqrt(n_l) + beta b, W, b ~ N(0, 1); `depth` hidden layers."""
-    return make_mlp(width=int(width), depth=int(cfg.depth if depth is None else depth),
-                    activation=cfg.activation, w_var=float(cfg.w_var), b_var=b_var(cfg),
-                    parameterization=cfg.parameterization)
-
-
-def analytic(cfg, x1, x2=None, depth: int | None = None):
-    """Limiting NNGP Sigma^(L) and NTK Theta^(L)_inf (float64)."""
-    return kernels.fc(np.asarray(x1, np.float64), None if x2 is None else np.asarray(x2, np.float64),
-                      depth=int(cfg.depth if depth is None else depth), activation=cfg.activation,
-                      w_var=float(cfg.w_var), b_var=b_var(cfg), parameterization=cfg.parameterization)
-
-
-def to_dtype(tree, dtype):
-    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), tree)
-
-
-def train_dtype(cfg):
-    return jnp.float64 if str(cfg.get("train_dtype", "float32")) == "float64" else jnp.float32
-
-
-@partial(jax.jit, static_argnames=("model", "steps", "observe"))
-def train_gd(model, params, x, y, *, lr, steps: int, observe=None, aux=None):
-    """`steps` full-batch GD steps on 1/2 mean_i (f(x_i) - y_i)^2 (Jacot Sec. 5, empirical p_in).
-
-    Returns (params after `steps` steps, per-step record): the record at step s is
-    ``observe(f_s(x), y, aux)`` (default: the cost at step s), for s = 0 .. steps - 1, taken from
-    the very forward pass that the gradient step uses (`observe` must be a module-level function,
-    it is a static argument).  NaN / inf propagate; nothing raises.
-    """
-    def cost(p):
-        f = model.apply({"params": p}, x)
-        return mse_loss(f, y), f
-
-    def body(p, _):
-        (value, f), grad = jax.value_and_grad(cost, has_aux=True)(p)
-        p = jax.tree_util.tree_map(lambda a, g: a - lr * g, p, grad)
-        return p, (value if observe is None else observe(f, y, aux))
-
-    return jax.lax.scan(body, params, None, length=steps)
-
-
-# ----------------------------------------------------------------------------------------------
-# Figure 1
-
-
-def _train_set(cfg):
-    rng = np.random.default_rng(cfg.seed)
-    x = rng.standard_normal((int(cfg.n_train), 2))
-    y = (x[:, 0] * x[:, 1])[:, None]
-    record_data("train", f"synthetic N(0, I_2) inputs, f*(x) = x1 x2, n={cfg.n_train}, seed={cfg.seed}",
-                [x, y])
-    return x, y
+from ntkrepro import models, plotting, precision, tasks
+from ntkrepro.train import Trainer, fit
 
 
 def run(cfg) -> pd.DataFrame:
-    gammas, xs = data.unit_circle(int(cfg.n_gamma))
-    x0 = np.array([[1.0, 0.0]])
-    record_data("circle", f"x0 = (1, 0) and {cfg.n_gamma} points (cos g, sin g), g in [-pi, pi]", [xs])
-    x_tr, y_tr = _train_set(cfg)
-    dt = train_dtype(cfg)
-    x0_64, xs_64 = jnp.asarray(x0), jnp.asarray(xs)
-    x_tr_t, y_tr_t = jnp.asarray(x_tr, dt), jnp.asarray(y_tr, dt)
-    rows = []
-    ref = np.asarray(analytic(cfg, x0, xs).ntk)[0]
-    rows += [dict(quantity="ntk", source="analytic", width=np.nan, init=-1, step=0, gamma=g, value=v)
-             for g, v in zip(gammas, ref)]
-    key = jax.random.PRNGKey(cfg.seed)
-    jobs = [(w, i) for w in cfg.widths for i in range(int(cfg.ensemble))]
-    for width, init in tqdm(jobs, desc=cfg.id, disable=None):
-        model = jacot_model(cfg, width)
-        key, sub = jax.random.split(key)
-        params = init_params(model, sub, x_tr_t)
-        common = dict(source="network", width=int(width), init=init)
-        snapshots = [(0, params)]
-        params_t, losses = train_gd(model, params, x_tr_t, y_tr_t, lr=float(cfg.lr), steps=int(cfg.steps))
-        snapshots.append((int(cfg.steps), params_t))
-        for step, p in snapshots:
-            theta = np.asarray(mlp_ntk(model, to_dtype(p, jnp.float64), x0_64, xs_64))[0]
-            rows += [dict(quantity="ntk", step=step, gamma=g, value=v, **common)
-                     for g, v in zip(gammas, theta)]
-        final = float(mse_loss(model.apply({"params": params_t}, x_tr_t), y_tr_t))
-        losses = np.asarray(losses, float)
-        rows += [dict(quantity="train_loss", step=0, gamma=np.nan, value=losses[0], **common),
-                 dict(quantity="train_loss", step=int(cfg.steps), gamma=np.nan, value=final, **common)]
-    return pd.DataFrame(rows)
+    circle = tasks.load(cfg.circle, cfg.data, seed=cfg.seed, name="circle")
+    train = tasks.load(cfg.task, cfg.data, seed=cfg.seed, name="train")
+    x0, xs, gammas = circle.x_train, circle.x_test, circle.labels_test
+    ref = np.asarray(models.from_config(cfg).analytic(x0, xs).ntk)[0]
+    frames = [pd.DataFrame(dict(quantity="ntk", source="analytic", width=np.nan, init=-1, step=0,
+                                gamma=gammas, value=ref))]
+    dt = precision.train_dtype(cfg)
+    x, y = jnp.asarray(train.x_train, dt), jnp.asarray(train.y_train, dt)
+    steps, size = int(cfg.steps), int(cfg.ensemble)
+    keys = iter(models.key_chain(cfg.seed, size * len(cfg.widths)))
+    for width in tqdm([int(w) for w in cfg.widths], desc=cfg.id, disable=None):
+        spec = models.from_config(cfg, width=width)
+        trainer = Trainer(spec.apply, lr=float(cfg.lr))  # one per width: `fit` compiles once
+        for init in range(size):
+            params0 = spec.init(next(keys), x)
+            result = fit(trainer, params0, x, y, steps=steps, record_at=[0])
+            common = dict(source="network", width=width, init=init)
+            for step, p in ((0, params0), (steps, result.state.variable)):
+                theta = np.asarray(spec.empirical_ntk(precision.cast(p, jnp.float64), x0, xs))[0]
+                frames.append(pd.DataFrame(dict(quantity="ntk", step=step, gamma=gammas, value=theta,
+                                                **common)))
+            frames.append(pd.DataFrame(dict(quantity="train_loss", step=[0, steps], gamma=np.nan,
+                                            value=result.losses[[0, -1]], **common)))
+    return pd.concat(frames, ignore_index=True)
 
 
 # ----------------------------------------------------------------------------------------------
 # claims
 
 
-def _curves(metrics, width, step) -> np.ndarray:
-    """(ensemble, n_gamma) kernel curves of one width at one step."""
-    m = metrics[(metrics.quantity == "ntk") & (metrics.source == "network") & (metrics.width == width)
-                & (metrics.step == step)]
-    return m.pivot(index="init", columns="gamma", values="value").to_numpy()
+def _curves(metrics, width, step) -> pd.DataFrame:
+    """Kernel curves of one width at one step: one row per init, one column per gamma."""
+    m = C.select(metrics, "ntk", source="network", width=width, step=step)
+    return m.pivot(index="init", columns="gamma", values="value")
 
 
 def summary(metrics) -> dict:
     """Per width: spread over inits at t=0, relative movement in training, mean's distance to the limit."""
-    ref_m = metrics[(metrics.quantity == "ntk") & (metrics.source == "analytic")].sort_values("gamma")
-    ref = ref_m.value.to_numpy()
+    ref = C.select(metrics, "ntk", source="analytic").sort_values("gamma").value.to_numpy()
     steps = sorted(metrics[metrics.source == "network"].step.unique())
     t0, t1 = steps[0], steps[-1]
     out = {}
     for w in sorted(metrics[metrics.source == "network"].width.unique()):
-        a, b = _curves(metrics, w, t0), _curves(metrics, w, t1)
+        a, b = _curves(metrics, w, t0).to_numpy(), _curves(metrics, w, t1).to_numpy()
         out[int(w)] = dict(
             spread=float(np.mean(a.std(axis=0, ddof=1)) / np.mean(np.abs(ref))),
             move=float(np.mean(np.linalg.norm(b - a, axis=1) / np.linalg.norm(a, axis=1))),
@@ -192,36 +113,28 @@ def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
 
 def plot(metrics: pd.DataFrame, out_dir, cfg) -> None:
     fig, axes = plotting.subplots(1, 2, width=4.6, height=3.4)
-    ax = axes[0][0]
-    net = metrics[(metrics.quantity == "ntk") & (metrics.source == "network")]
-    steps = sorted(net.step.unique())
-    widths = sorted(net.width.unique())
-    palette = {(widths[0], steps[0]): "tab:orange", (widths[0], steps[-1]): "tab:red",
-               (widths[-1], steps[0]): "tab:cyan", (widths[-1], steps[-1]): "tab:blue"}
-    for w in widths:
-        for t in steps:
-            curves = _curves(metrics, w, t)
-            g = np.sort(net[(net.width == w) & (net.step == t)].gamma.unique())
-            color = palette.get((w, t), "gray")
-            for i, c in enumerate(curves):
-                ax.plot(g, c, color=color, lw=0.7, alpha=0.8,
-                        ls="-" if t == steps[0] else "--",
-                        label=f"n = {int(w)}, t = {int(t)}" if i == 0 else None)
-    ref = metrics[(metrics.quantity == "ntk") & (metrics.source == "analytic")].sort_values("gamma")
+    ax, s = axes[0][0], summary(metrics)
+    steps, widths = sorted(C.select(metrics, "ntk", source="network").step.unique()), sorted(s)
+    palette = dict(zip([(w, t) for w in (widths[0], widths[-1]) for t in (steps[0], steps[-1])],
+                       ["tab:orange", "tab:red", "tab:cyan", "tab:blue"]))
+    for w, t in itertools.product(widths, steps):
+        curves = _curves(metrics, w, t)
+        ax.plot(curves.columns, curves.T, color=palette.get((w, t), "gray"), lw=0.7, alpha=0.8,
+                ls="-" if t == steps[0] else "--",
+                label=[f"n = {w}, t = {int(t)}"] + ["_"] * (len(curves) - 1))  # one legend entry
+    ref = C.select(metrics, "ntk", source="analytic").sort_values("gamma")
     ax.plot(ref.gamma, ref.value, "k:", lw=1.6, label=r"$n = \infty$ (analytic $\Theta_\infty$)")
     ax.set(xlabel=r"$\gamma$", ylabel=r"$\Theta^{(%d)}(x_0, x)$" % (int(cfg.depth) + 1), xlim=(-np.pi, np.pi),
            title=r"$x_0 = (1, 0)$, $x = (\cos\gamma, \sin\gamma)$; %d inits per width" % int(cfg.ensemble))
     ax.legend(loc="upper left")
-    # right: summary of the claims
-    ax = axes[0][1]
-    s = summary(metrics)
-    ws = np.array(sorted(s), float)
-    ax.plot(ws, [s[int(w)]["spread"] for w in ws], "o-", label="spread over inits at t=0 (rel.)")
-    ax.plot(ws, [s[int(w)]["move"] for w in ws], "s-", label=f"rel. change after t={int(steps[-1])}")
-    ax.plot(ws, [s[int(w)]["mean_err"] for w in ws], "^-", label="mean at t=0 vs analytic (rel.)")
-    ax.plot(ws, s[int(ws[0])]["spread"] * np.sqrt(ws[0] / ws), "k--", lw=0.8, label=r"$\propto n^{-1/2}$")
+    ax, ws = axes[0][1], np.array(widths, float)  # right: summary of the claims
+    for key, style, label in (("spread", "o-", "spread over inits at t=0 (rel.)"),
+                              ("move", "s-", f"rel. change after t={int(steps[-1])}"),
+                              ("mean_err", "^-", "mean at t=0 vs analytic (rel.)")):
+        ax.plot(ws, [s[w][key] for w in widths], style, label=label)
+    ax.plot(ws, s[widths[0]]["spread"] * np.sqrt(ws[0] / ws), "k--", lw=0.8, label=r"$\propto n^{-1/2}$")
     ax.set(xscale="log", yscale="log", xlabel="width n", ylabel="relative size",
            title="summary over the inits")
     ax.legend()
     plotting.save(fig, out_dir, cfg.id, f"{cfg.title} ({cfg.scale} scale; depth L={int(cfg.depth) + 1}, "
-                  f"{cfg.n_train} N(0,1) training inputs, f*=x1 x2, lr {cfg.lr})")
+                  f"{cfg.task.n_train} N(0,1) training inputs, f*=x1 x2, lr {cfg.lr})")
