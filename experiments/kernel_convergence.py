@@ -6,9 +6,12 @@ analytic kernels (Eqs. S26-S29) by relative Frobenius distance ||K_hat - K||_F /
 The paper: both distances are O(1/sqrt(n)) (a CLT, Daniely et al.) and fall as M grows.
 The NTK is computed layer by layer (`ModelSpec.empirical_ntk`), never forming a Jacobian.  Inputs: the
 figure's task (gaussian: `n_train` inputs of dimension `dim` = n0; `task@figure.paper.task=mnist`).
+
+Mutation (tests/test_mutations.py only): `MUTATIONS`.
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -20,8 +23,14 @@ from tqdm.auto import tqdm
 from ntkrepro import claims as C
 from ntkrepro import costs, models, plotting, precision, tasks
 from ntkrepro.empirical import mlp_nngp
+from ntkrepro.kernels.fc import fc_layers, input_kernel
 
 KERNELS = ("nngp", "ntk")
+CITE = {"lee-s9": "Lee et al. 2019, App. I and Fig. S9 caption",
+        "lee-s10": "Lee et al. 2019, App. I and Fig. S10 caption"}
+MUTATIONS = {"ntk_readout_without_w_var": "the analytic NTK's readout layer drops the sigma_w^2 factor of its "
+                                          "recursion (Theta^{L+1} = K^{L+1} + Theta^L instead of "
+                                          "K^{L+1} + sigma_w^2 Theta^L, Eq. S29)"}
 
 
 def _draw(spec: models.ModelSpec, x, key):
@@ -32,10 +41,25 @@ def _draw(spec: models.ModelSpec, x, key):
     return mlp_nngp(spec.module, params, x), spec.empirical_ntk(params, x) / scale
 
 
-def measure(spec: models.ModelSpec, x, key, counts, trials: int, n_show: int) -> list[dict]:
-    """Monte Carlo means of the first M draws against the analytic kernels."""
+def analytic(spec: models.ModelSpec, x, mutation=None) -> dict:
+    """The analytic kernels {"nngp": K, "ntk": Theta} (Eqs. S26-S29); with the mutation the readout
+    layer's NTK lacks its sigma_w^2 factor: Theta^{L+1} - (sigma_w^2 - 1) Tdot(K^L) Theta^L."""
     ana = spec.analytic(x)
     ref = {"nngp": ana.nngp, "ntk": ana.ntk}
+    if mutation == "ntk_readout_without_w_var":
+        k = input_kernel(x, dtype=ana.ntk.dtype)
+        width = float(spec.width) if spec.parameterization == "standard" else math.inf
+        for layer in fc_layers(depth=int(spec.depth), activation=spec.activation, w_var=spec.w_var,
+                               b_var=spec.b_var, parameterization=spec.parameterization, width=width,
+                               n0=math.prod(x.shape[1:]))[:-1]:   # up to the readout's input
+            k = layer(k)
+        ref["ntk"] = ana.ntk - (spec.w_var - 1.0) * k.ntk
+    return ref
+
+
+def measure(spec: models.ModelSpec, x, key, counts, trials: int, n_show: int, mutation=None) -> list[dict]:
+    """Monte Carlo means of the first M draws against the analytic kernels."""
+    ref = analytic(spec, x, mutation)
     draw = jax.jit(partial(_draw, spec, x))
     rows = []
     for trial in range(trials):
@@ -75,7 +99,8 @@ def run(cfg, subset=None) -> pd.DataFrame:
     rows = []
     for p in tqdm(points(cfg) if subset is None else subset, desc=cfg.id, disable=None):
         spec = models.from_config(cfg, width=p["width"], depth=p["depth"])  # activation, w_var, ...
-        found = measure(spec, x, point_key(int(cfg.seed), p), counts, int(cfg.trials), n_show)
+        found = measure(spec, x, point_key(int(cfg.seed), p), counts, int(cfg.trials), n_show,
+                        cfg.get("mutation"))
         rows += [dict(r, depth=p["depth"], width=p["width"]) for r in found]
     return pd.DataFrame(rows)
 
@@ -97,18 +122,21 @@ def errors(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
+    """Paper claims (App. I, captions of Figs. S9 / S10): the distance to the analytic kernel falls like
+    n^-1/2 in width and (a mean of M independent draws: the CLT) like M^-1/2 at the widest width."""
     err, tol, out = errors(metrics), cfg.claims, []
+    cite = CITE.get(str(cfg.id), "Lee et al. 2019, App. I")
     for (depth, kern), g in err.groupby(["depth", "kernel"]):
         name = f"{kern.upper()}, {_layers(depth)}"
         if g.width.nunique() > 1:
             top = g[g.mc_samples == g.mc_samples.max()]
             out.append(C.in_range(f"{name}: ||K_hat - K||_F / ||K||_F = O(1/sqrt(n))",
                                   f"log-log slope over width at M={int(top.mc_samples.iloc[0])}",
-                                  C.loglog_slope(top.width, top.value), *tol.width_slope))
+                                  C.loglog_slope(top.width, top.value), *tol.width_slope, cite=cite))
         wide = g[g.width == g.width.max()]
         out.append(C.in_range(f"{name}: distance falls as the number of samples M grows",
                               f"log-log slope over M at n={int(wide.width.iloc[0])}",
-                              C.loglog_slope(wide.mc_samples, wide.value), *tol.samples_slope))
+                              C.loglog_slope(wide.mc_samples, wide.value), *tol.samples_slope, cite=cite))
     return out
 
 

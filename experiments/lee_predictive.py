@@ -40,6 +40,12 @@ correlated) D is |N(0, 1)| and D > 3.5 happens by chance with probability 5e-4 p
 correlation concentrates D near 1).  The same D against the NNGP readout prediction at the last
 time must exceed the same level to count as a measurable difference.  Fig. S1 (view "functions")
 adds the share of (function, alpha) pairs inside the NTK-GP 2-sigma band (0.954 for draws from it).
+
+Split runs (`points`): the sweep points are chunks of `ensemble_chunk` ensemble members (one vmapped
+`fit` each); member i is drawn from the key fold_in(PRNGKey(seed), i), so a member is the same
+network however the ensemble is chunked or split over jobs.  The analytic rows (NTK-GP, NNGP, NNGP
+posterior, kernel scalars) come with chunk 0.  The ensemble's mean and standard deviation are
+computed from the members' rows when the claims and the figure are made (after collecting).
 """
 from __future__ import annotations
 
@@ -52,16 +58,22 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import models, plotting, precision, tasks
+from ntkrepro import costs, models, plotting, precision, tasks
 from ntkrepro.dynamics import nngp_posterior, ntk_gp_mean_cov, readout_mean_cov
 from ntkrepro.errors import ConfigError
 from ntkrepro.manifest import record_data
 from ntkrepro.train import Trainer, fit
 
-SOURCES = ("ensemble", "ntk_gp", "nngp")
+ANALYTIC = ("ntk_gp", "nngp", "nngp_posterior")
 BAND = {"ntk_gp": ("tab:blue", "NTK-GP, Eqs. 14-15"),
         "nngp": ("tab:red", "NNGP (readout only), Eqs. S22-S23")}
 LOSS = {"mean": "mse", "total": "mse_total"}  # 1/(2N) sum (f - y)^2 (module docstring); Eq. 2
+MUTATIONS = {  # deliberately wrong variants, for tests/test_mutations.py only (`mutation=<name>`)
+    "closed_form_total_loss": "the NTK-GP and NNGP closed forms use the total loss of Eq. 2 (eta_eff = "
+                              "eta) while the networks minimise the mean loss (eta / N)",
+    "ntk_gp_with_nngp_kernel": "the NTK-GP of Eqs. 14-15 evaluated with the NNGP kernel K in place of "
+                               "the NTK Theta",
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,23 +109,43 @@ def draw_params(spec: models.ModelSpec, key, x, dtype):
             for layer, leaves in shapes.items()}
 
 
-def train_ensemble(cfg, spec: models.ModelSpec, c_train, y, c_test, times):
-    """Outputs (M, T, n_alpha) and training losses (M, T) of `ensemble` independently initialised
-    networks at the step counts `times`; trained `ensemble_chunk` at a time (one vmapped `fit`)."""
+def member_keys(seed: int, first: int, count: int):
+    """PRNG keys of ensemble members first .. first + count - 1: member i's from (seed, i) only."""
+    base = jax.random.PRNGKey(int(seed))
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(first, first + count))
+
+
+def trainer_of(cfg, spec: models.ModelSpec) -> Trainer:
+    """Full-batch gradient descent on the loss of `loss_scale` (module docstring)."""
+    return Trainer(spec.apply, loss=LOSS[cfg.loss_scale], lr=float(cfg.lr))
+
+
+def train_members(cfg, trainer: Trainer, spec: models.ModelSpec, c_train, y, c_test, times, first: int,
+                  count: int):
+    """Outputs (count, T, n_alpha) and training losses (count, T) of ensemble members first ..
+    first + count - 1 at the step counts `times`, trained together (one vmapped `fit`)."""
     dtype = precision.train_dtype(cfg)
     x, y, xt = (jnp.asarray(a, dtype) for a in (c_train, y, c_test))
-    trainer = Trainer(spec.apply, loss=LOSS[cfg.loss_scale], lr=float(cfg.lr))
-    draw = jax.jit(jax.vmap(lambda k: draw_params(spec, k, x, dtype)))
+    params = jax.jit(jax.vmap(lambda k: draw_params(spec, k, x, dtype)))(member_keys(cfg.seed, first, count))
     outputs = jax.jit(jax.vmap(lambda st: trainer.model_output(st.params0, st.variable, xt)[:, 0]))
-    keys = jax.random.split(jax.random.PRNGKey(cfg.seed), int(cfg.ensemble))
+    res = fit(trainer, params, x, y, steps=int(times[-1]), record_at=times,
+              observe=lambda step, st: np.asarray(outputs(st), np.float64), batched=True)
+    return np.stack(res.records, 1), res.losses.T
+
+
+def members_of(cfg, point: dict) -> tuple[int, int]:
+    """(first member, number of members) of an ensemble chunk."""
     chunk = int(cfg.get("ensemble_chunk", cfg.ensemble))
-    outs, losses = [], []
-    for start in tqdm(range(0, len(keys), chunk), desc=f"{cfg.id} ensemble chunks", disable=None):
-        res = fit(trainer, draw(keys[start:start + chunk]), x, y, steps=int(times[-1]), record_at=times,
-                  observe=lambda step, st: np.asarray(outputs(st), np.float64), batched=True)
-        outs.append(np.stack(res.records, 1))
-        losses.append(res.losses.T)
-    return np.concatenate(outs), np.concatenate(losses)
+    first = int(point["chunk"]) * chunk
+    return first, min(chunk, int(cfg.ensemble) - first)
+
+
+def train_ensemble(cfg, spec: models.ModelSpec, c_train, y, c_test, times):
+    """Outputs (M, T, n_alpha) and losses (M, T) of the whole ensemble, chunk by chunk."""
+    trainer = trainer_of(cfg, spec)
+    parts = [train_members(cfg, trainer, spec, c_train, y, c_test, times, *members_of(cfg, p))
+             for p in points(cfg)]
+    return np.concatenate([f for f, _ in parts]), np.concatenate([l for _, l in parts])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,8 +159,10 @@ def analytic(spec: models.ModelSpec, cfg, x_train, y, x_test, times):
     k = spec.analytic(np.concatenate([x_train, x_test]))
     kk, th = np.asarray(k.nngp, np.float64), np.asarray(k.ntk, np.float64)
     ktt, kst, kss = kk[:n, :n], kk[n:, :n], kk[n:, n:]
-    lr, scale = float(cfg.lr), cfg.loss_scale
-    mean, cov = ntk_gp_mean_cov(ktt, kst, kss, th[:n, :n], th[n:, :n], None, y, lr=lr, times=times,
+    lr, mutation = float(cfg.lr), cfg.get("mutation")
+    scale = "total" if mutation == "closed_form_total_loss" else cfg.loss_scale
+    theta = kk if mutation == "ntk_gp_with_nngp_kernel" else th
+    mean, cov = ntk_gp_mean_cov(ktt, kst, kss, theta[:n, :n], theta[n:, :n], None, y, lr=lr, times=times,
                                 loss_scale=scale)
     out = {"ntk_gp": (mean[..., 0], _std(cov))}
     mean, cov = readout_mean_cov(ktt, kst, kss, y, lr=lr, times=times, loss_scale=scale)
@@ -148,49 +182,96 @@ def _std(cov):
 # Experiment
 
 
-def run(cfg) -> pd.DataFrame:
+def step_times(cfg) -> np.ndarray:
+    """The recorded step counts (sorted, unique), after checking the settings they come with."""
     times = np.asarray(sorted(set(int(t) for t in cfg.times)), dtype=np.int64)
     if times[0] < 0:
         raise ConfigError(f"times must be non-negative step counts, got {list(cfg.times)}")
     if cfg.loss_scale not in LOSS:
         raise ConfigError(f"loss_scale must be 'mean' or 'total', got {cfg.loss_scale!r}")
+    return times
+
+
+def points(cfg) -> list[dict]:
+    """One sweep point per chunk of `ensemble_chunk` members (the unit a split run distributes)."""
+    chunk = int(cfg.get("ensemble_chunk", cfg.ensemble))
+    if chunk < 1 or int(cfg.ensemble) < 2:
+        raise ConfigError(f"need ensemble >= 2 and ensemble_chunk >= 1, got {cfg.ensemble}, {chunk}")
+    return [{"chunk": i} for i in range(math.ceil(int(cfg.ensemble) / chunk))]
+
+
+def run(cfg, subset=None) -> pd.DataFrame:
+    times = step_times(cfg)
     spec = models.from_config(cfg, arch="mlp")
     if spec.parameterization != "ntk":
         raise ConfigError(f"{cfg.id} trains NTK-parameterized networks (Eq. 1); set parameterization: ntk")
     task, xs, alphas = load_path(cfg)
     x, y = task.x_train, task.y_train
-    gp, post, info = analytic(spec, cfg, x, y, xs, times.astype(float))
     c_train, c_test = models.span_coordinates(x, xs)  # exact input projection (module docstring)
-    f, loss = train_ensemble(cfg, spec.replace(input_fan_in=x.shape[1]), c_train, y, c_test, times)
-    return pd.DataFrame(rows(times, alphas, f, loss, gp, post, info))
-
-
-def rows(times, alphas, f, loss, gp, post, info) -> list[dict]:
-    """Tidy rows: per time the ensemble / NTK-GP / NNGP / posterior mean and std on the path, every
-    member's function, and the ensemble's scalars; then the analytic kernel's scalars."""
+    net = spec.replace(input_fan_in=x.shape[1])
+    trainer = trainer_of(cfg, net)
     out = []
+    for p in tqdm(points(cfg) if subset is None else subset, desc=f"{cfg.id} ensemble chunks", disable=None):
+        if p["chunk"] == 0:  # rows that belong to no chunk: with the first one
+            gp, post, info = analytic(spec, cfg, x, y, xs, times.astype(float))
+            out += analytic_rows(times, alphas, gp, post, info)
+        first, count = members_of(cfg, p)
+        f, loss = train_members(cfg, trainer, net, c_train, y, c_test, times, first, count)
+        out += member_rows(times, alphas, f, loss, first)
+    return pd.DataFrame(out)
 
-    def add(source, stat, t, values, member=-1):
-        out.extend(dict(source=source, stat=stat, time=int(t), alpha=float(a), member=member, value=float(v))
-                   for a, v in zip(alphas, values))
 
-    def scalar(source, stat, t, v):
-        out.append(dict(source=source, stat=stat, time=int(t), alpha=np.nan, member=-1, value=v))
+def _path_rows(source, stat, t, alphas, values, member=-1) -> list[dict]:
+    return [dict(source=source, stat=stat, time=int(t), alpha=float(a), member=int(member), value=float(v))
+            for a, v in zip(alphas, values)]
 
-    with np.errstate(all="ignore"):
-        stats = {"ensemble": (f.mean(0), f.std(0, ddof=1)), **gp,
-                 "nngp_posterior": (np.broadcast_to(post[0], f.shape[1:]), np.broadcast_to(post[1], f.shape[1:]))}
+
+def _scalar_row(source, stat, t, v, member=-1) -> dict:
+    return dict(source=source, stat=stat, time=int(t), alpha=np.nan, member=int(member), value=float(v))
+
+
+def analytic_rows(times, alphas, gp, post, info) -> list[dict]:
+    """Tidy rows of the analytic predictions: per time the NTK-GP / NNGP readout / NNGP posterior
+    mean and std on the path; then the analytic kernel's scalars."""
+    shape = (len(times), len(alphas))
+    stats = {**gp, "nngp_posterior": (np.broadcast_to(post[0], shape), np.broadcast_to(post[1], shape))}
+    out = []
     for ti, t in enumerate(times):
         for source, (mean, std) in stats.items():
-            add(source, "mean", t, mean[ti])
-            add(source, "std", t, std[ti])
-        for m in range(f.shape[0]):
-            add("member", "f", t, f[m, ti], member=m)
-        scalar("ensemble", "n_diverged", t, float((~np.isfinite(f[:, ti]).all(1)).sum()))
-        scalar("ensemble", "train_loss_mean", t, float(np.mean(loss[:, ti])))
-        scalar("ensemble", "n_members", t, float(f.shape[0]))
-    for name, v in info.items():
-        scalar("analytic", name, -1, v)
+            out += _path_rows(source, "mean", t, alphas, mean[ti]) + _path_rows(source, "std", t, alphas, std[ti])
+    return out + [_scalar_row("analytic", name, -1, v) for name, v in info.items()]
+
+
+def member_rows(times, alphas, f, loss, first: int) -> list[dict]:
+    """Tidy rows of members first, first + 1, ...: their function on the path and training loss per time."""
+    out = []
+    for m in range(f.shape[0]):
+        for ti, t in enumerate(times):
+            out += _path_rows("member", "f", t, alphas, f[m, ti], member=first + m)
+            out.append(_scalar_row("member", "train_loss", t, loss[m, ti], member=first + m))
+    return out
+
+
+def cost(cfg, point) -> list[costs.Cost]:
+    """One chunk: its networks' gradient steps, training losses and outputs at the recorded times;
+    chunk 0 also the analytic kernels and the eigendecompositions of the closed forms."""
+    times, shp = step_times(cfg), tasks.shapes(cfg.task)
+    (n, n0), n_alpha, dtype = shp["x_train"], int(cfg.n_alpha), precision.train_dtype(cfg)
+    d = min(n, n0)  # the span coordinates of the inputs (module docstring)
+    spec = models.from_config(cfg, arch="mlp")
+    net = spec.replace(input_fan_in=n0)
+    _, count = members_of(cfg, point)
+    out = costs.training(f"chunk {point['chunk']}: {count} networks", trainer_of(cfg, net), net, (n, d),
+                         (n, 1), int(times[-1]), dtype=dtype, record_points=len(times), models=count)
+    params = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, d), dtype)))
+    out.append(costs.analyse("outputs on the path", net.apply, params,
+                             jax.ShapeDtypeStruct((n_alpha, d), dtype), calls=len(times) * count))
+    if point["chunk"] == 0:
+        kt = precision.kernel_dtype()
+        out.append(costs.analyse("analytic NNGP and NTK", lambda u: spec.analytic(u),
+                                 jax.ShapeDtypeStruct((n + n_alpha, n0), kt)))
+        out.append(costs.analyse("closed forms (eigh)", jnp.linalg.eigh, jax.ShapeDtypeStruct((n, n), kt),
+                                 calls=3))
     return out
 
 
@@ -202,33 +283,36 @@ def _members(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics[(metrics.source == "member") & (metrics.stat == "f")]
 
 
-def _n_members(metrics: pd.DataFrame) -> pd.Series:
-    """Ensemble size M per time."""
-    return metrics[(metrics.source == "ensemble") & (metrics.stat == "n_members")].set_index("time").value
+def _ensemble(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per (time, alpha): the members' mean, standard deviation (ddof 1; NaN when a member diverged)
+    and number."""
+    f = _members(metrics).set_index(["member", "time", "alpha"]).value.unstack(["time", "alpha"])
+    a = f.to_numpy(float)
+    with np.errstate(all="ignore"):
+        stats = pd.DataFrame({"ensemble_mean": a.mean(0), "ensemble_std": a.std(0, ddof=1),
+                              "n_members": float(a.shape[0])}, index=f.columns)
+    return stats
 
 
-def _table(metrics: pd.DataFrame, from_members: bool = False) -> pd.DataFrame:
-    """One row per (time, alpha): columns <source>_<stat> for the summary statistics; `from_members`:
-    the ensemble mean / std recomputed from the individual functions (the drawn lines of Fig. S1)."""
-    m = metrics[metrics.source.isin(SOURCES + ("nngp_posterior",)) & metrics.stat.isin(["mean", "std"])]
+def _table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per (time, alpha): columns <source>_<stat> of the analytic predictions, and the
+    ensemble's mean, std and size from its members."""
+    m = metrics[metrics.source.isin(ANALYTIC) & metrics.stat.isin(["mean", "std"])]
     wide = m.pivot_table(index=["time", "alpha"], columns=["source", "stat"], values="value", dropna=False)
     wide.columns = [f"{a}_{b}" for a, b in wide.columns]
-    if from_members:
-        g = _members(metrics).groupby(["time", "alpha"])["value"]
-        wide["ensemble_mean"], wide["ensemble_std"] = g.mean(), g.std(ddof=1)
-    return wide.reset_index()
+    return wide.join(_ensemble(metrics)).reset_index()
 
 
 def _rms(a) -> float:
     return float(np.sqrt(np.mean(np.asarray(a, float) ** 2)))
 
 
-def discrepancies(metrics: pd.DataFrame, reference: str = "ntk_gp", from_members: bool = False):
+def discrepancies(metrics: pd.DataFrame, reference: str = "ntk_gp"):
     """Per time: (D_mean, D_std) of the ensemble against `reference` in units of the standard errors
     of an M-member ensemble drawn from the NTK-GP (module docstring)."""
-    sizes, out = _n_members(metrics), {}
-    for t, g in _table(metrics, from_members).groupby("time"):
-        m, scale = float(sizes[t]), _rms(g["ntk_gp_std"])  # sampling noise is set by the NTK-GP
+    out = {}
+    for t, g in _table(metrics).groupby("time"):
+        m, scale = float(g.n_members.iloc[0]), _rms(g["ntk_gp_std"])  # sampling noise is set by the NTK-GP
         out[int(t)] = (_rms(g["ensemble_mean"] - g[f"{reference}_mean"]) / (scale / math.sqrt(m)),
                        _rms(g["ensemble_std"] - g[f"{reference}_std"]) / (scale / math.sqrt(2.0 * (m - 1.0))))
     return out
@@ -245,30 +329,34 @@ def coverage(metrics: pd.DataFrame, floor: float):
     return out
 
 
+CITE = {"distribution": "Lee et al. 2019, Fig. 2 caption and Sec. 3 (Eqs. 14, 15)",
+        "functions": "Lee et al. 2019, Fig. S1 caption (the configuration of Fig. 2; Eqs. 14, 15)",
+        "nngp": "Lee et al. 2019, Fig. 2 caption and Sec. 3 ('noticeably different'; Eqs. S22, S23)"}
+
+
 def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
-    tol = float(cfg.claims.max_discrepancy)
-    members = cfg.view == "functions"
-    d = discrepancies(metrics, "ntk_gp", from_members=members)
-    n_members = int(_n_members(metrics).max())
+    tol, members = float(cfg.claims.max_discrepancy), cfg.view == "functions"
+    d, cite = discrepancies(metrics, "ntk_gp"), CITE[cfg.view]
+    n_members = int(_ensemble(metrics).n_members.max())
     src = f"the {n_members} drawn functions" if members else f"the {n_members}-network ensemble"
     out = []
     for t, (dm, ds) in d.items():
         out.append(C.below(f"t = {t}: mean of {src} follows the NTK-GP mean (Eq. 14)",
-                           "D_mean = rms_alpha|mean - mu| / (sigma/sqrt(M))", dm, tol))
+                           "D_mean = rms_alpha|mean - mu| / (sigma/sqrt(M))", dm, tol, cite=cite))
         out.append(C.below(f"t = {t}: std of {src} follows the NTK-GP std (Eq. 15)",
-                           "D_std = rms_alpha|std - sigma| / (sigma/sqrt(2(M-1)))", ds, tol))
+                           "D_std = rms_alpha|std - sigma| / (sigma/sqrt(2(M-1)))", ds, tol, cite=cite))
     if members:
         lo = float(cfg.claims.min_coverage)
         for t, cov in coverage(metrics, float(cfg.claims.coverage_floor)).items():
             out.append(C.above(f"t = {t}: individual functions lie inside the NTK-GP 2-sigma band "
                                f"(95.4% for draws from it)",
-                               "fraction of (function, alpha) with |f - mu| <= 2 sigma", cov, lo))
+                               "fraction of (function, alpha) with |f - mu| <= 2 sigma", cov, lo, cite=cite))
     t_end = max(d)
-    dn = discrepancies(metrics, "nngp", from_members=members)[t_end]
+    dn = discrepancies(metrics, "nngp")[t_end]
     out.append(C.above(f"t = {t_end} (end of training): mean / std of {src} differ measurably from the "
                        f"NNGP readout prediction (Eqs. S22-S23)",
                        "max(D_mean, D_std) against the NNGP", max(dn),
-                       float(cfg.claims.min_nngp_discrepancy)))
+                       float(cfg.claims.min_nngp_discrepancy), cite=CITE["nngp"]))
     return out
 
 

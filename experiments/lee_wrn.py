@@ -1,25 +1,30 @@
 """Lee et al. 2019, Figure 4 and Table S1: a wide residual network and its linearization, trained
-side by side by SGD with momentum on CIFAR-10 with MSE.
+by SGD with momentum on CIFAR-10 with MSE.
 
 The network is `ntkrepro.wrn.WRN` (Table S1, one channel count in every layer, batch norm on the
 statistics of the batch it is applied to); its linearization f_lin(theta, X_B) = f(theta_0, X_B) +
 J(theta_0, X_B) (theta - theta_0) is trained directly (`train.Trainer.linearization`: one
-`jax.jvp`, no Jacobian) with the same loss, optimizer and minibatches (`train.fit_side_by_side`,
-one seed).  Both are evaluated at log-spaced steps, with batch statistics, on fixed evaluation
-batches of `batch_size` consecutive points (`wrn.BatchStats`; see the `ntkrepro.wrn` docstring) of
-the first `n_eval_train` training images and of the test images.  On the CPU backend the steps run
-as a host loop of jitted steps (`fit(host_loop=True)`: XLA:CPU is ~25x slower on the
-weight-gradient convolutions inside a compiled loop).
+`jax.jvp`, no Jacobian) with the same loss, optimizer and minibatches.  Both start from theta_0 =
+init(PRNGKey(seed)) and see the minibatches `batch_schedule(..., seed)`: they are the two sweep
+points (`points`), so a split run trains them on two jobs and gets the pair an unsplit run trains.
+Both are evaluated at log-spaced steps, with batch statistics, on fixed evaluation batches of
+`batch_size` consecutive points (`wrn.BatchStats`; see the `ntkrepro.wrn` docstring) of the first
+`n_eval_train` training images and of the test images: loss and accuracy on all of them, all k
+outputs on `n_compare` random points of each set (drawn from the seed; the first `n_show` are drawn
+in the output panes).  The agreement of the two models (`agreement`: RMSE(f - f_lin) / std(f) per
+step) is computed from those outputs by `claims` and `plot`.  On the CPU backend the steps run as a
+host loop of jitted steps (`fit(host_loop=True)`: XLA:CPU is ~25x slower on the weight-gradient
+convolutions inside a compiled loop).
 
 Table S1 is generated from the model by shape evaluation (`wrn.table_s1`) for the paper's network
 (channels 1024, N = 1, k = 10) and for this run's network, written by `plot` as table_s1.md / .csv
 and checked against the table as printed (`table_s1` in the config).
 
-Metrics (tidy): ``quantity`` in {loss, accuracy, rmse, spread, rel_rmse, output, table_s1,
-n_params}; ``model`` in {network, linearized}; ``split`` in {train, test}; ``step``; for outputs
-``index`` (position in the evaluation set), ``unit`` (output unit), ``label``, ``target``; for
-table rows ``net`` (paper / run), ``row``, ``group``, ``output_size``, ``output_side``,
-``block_type``, ``block_symbolic`` (value = parameter count).
+Metrics (tidy): ``quantity`` in {loss, accuracy, output, table_s1, n_params}; ``model`` in
+{network, linearized}; ``split`` in {train, test}; ``step``; for outputs ``index`` (position in the
+evaluation set), ``rank`` (order drawn), ``unit`` (output unit), ``label``, ``target``; for table
+rows ``net`` (paper / run), ``row``, ``group``, ``output_size``, ``output_side``, ``block_type``,
+``block_symbolic`` (value = parameter count).
 """
 from __future__ import annotations
 
@@ -32,12 +37,17 @@ import numpy as np
 import pandas as pd
 
 from ntkrepro import claims as C
-from ntkrepro import data, plotting, precision, tasks, wrn
+from ntkrepro import costs, data, plotting, precision, tasks, wrn
 from ntkrepro.errors import ConfigError
 from ntkrepro.models import ModelSpec
 from ntkrepro.train import Trainer, accuracy, fit_side_by_side, log_steps, loss_function, rmse
 
 MODELS = ("network", "linearized")
+MUTATIONS = {   # deliberate mistakes, for tests/test_mutations.py only
+    "expansion_redrawn": "the linearization is taken at a re-drawn theta_0' (another initialisation), "
+                         "not at the network's theta_0",
+    "lin_lr": "the linearized model is trained with a 10x smaller learning rate than the network",
+}
 SPLITS = ("train", "test")
 PAPER_NET = dict(channels=1024, blocks=1, out_dim=10)   # caption: channel size 1024, N = 1, k = 10
 
@@ -112,75 +122,135 @@ def table_rows(cfg, spec: ModelSpec) -> list[dict]:
     return rows
 
 
-def train_both(cfg, spec: ModelSpec, task: tasks.Task):
-    """Network and linearization from one theta_0, same minibatches -> ({model: FitResult}, eval sets)."""
-    dtype = precision.train_dtype(cfg)
-    x, y = jnp.asarray(task.x_train, dtype), jnp.asarray(task.y_train, dtype)
-    n_eval = int(cfg.n_eval_train)
-    sets = {"train": (x[:n_eval], task.y_train[:n_eval], task.labels_train[:n_eval]),
-            "test": (jnp.asarray(task.x_test, dtype), task.y_test, task.labels_test)}
-    params0 = spec.init(jax.random.PRNGKey(int(cfg.seed)), x, dtype)
+def points(cfg) -> list[dict]:
+    """The two models: the units a split run trains on separately (each point's rows depend only on
+    the settings and its model: both start from theta_0 = init(PRNGKey(seed)) and see the minibatches
+    of `batch_schedule(..., seed)`, so the network and its linearization trained on two jobs are the
+    pair trained in one)."""
+    return [{"model": m} for m in MODELS]
+
+
+def trainer(cfg, spec: ModelSpec, model: str) -> Trainer:
+    """The network's trainer (batch statistics over each minibatch) or its linearization's (the same
+    loss, optimizer and batches; `mutation=lin_lr`: a 10x smaller learning rate)."""
     net = Trainer(wrn.BatchStats(spec.apply, int(cfg.batch_size)), loss=cfg.loss, lr=float(cfg.lr),
                   momentum=float(cfg.momentum), batch_size=int(cfg.batch_size), delta=True)
+    if model == "network":
+        return net
+    if cfg.get("mutation") == "lin_lr":
+        return Trainer(net.apply_fn, loss=cfg.loss, lr=net.lr / 10, momentum=net.momentum,
+                       batch_size=net.batch_size, linearized=True)
+    return net.linearization()
+
+
+def initial_params(cfg, spec: ModelSpec, model: str, x, dtype):
+    """theta_0 from the seed alone (the same for both models: the linearization is taken at the
+    network's initialisation; `mutation=expansion_redrawn`: at a re-drawn theta_0')."""
+    key = jax.random.PRNGKey(int(cfg.seed))
+    if model == "linearized" and cfg.get("mutation") == "expansion_redrawn":
+        key = jax.random.fold_in(key, 1)
+    return spec.init(key, x, dtype)
+
+
+def eval_sets(cfg, task: tasks.Task, dtype) -> dict:
+    """{split: (inputs, targets, labels)}: the first `n_eval_train` training points and the test set."""
+    x = jnp.asarray(task.x_train, dtype)
+    n_eval = int(cfg.n_eval_train)
+    return {"train": (x[:n_eval], task.y_train[:n_eval], task.labels_train[:n_eval]),
+            "test": (jnp.asarray(task.x_test, dtype), task.y_test, task.labels_test)}
+
+
+def compared(cfg, sets) -> dict:
+    """{split: indices}: `n_compare` random evaluation points per split (from the seed alone, so both
+    models record the same ones), in the order drawn (the first `n_show` are drawn in the figure)."""
+    rng = np.random.default_rng(int(cfg.seed))
+    return {split: rng.choice(len(labels), size=min(int(cfg.n_compare), len(labels)), replace=False)
+            for split, (_, _, labels) in sets.items()}
+
+
+def train_one(cfg, spec: ModelSpec, task: tasks.Task, model: str, sets):
+    """One model (network or linearization) trained from theta_0 by SGD with momentum -> FitResult."""
+    dtype = precision.train_dtype(cfg)
+    x, y = jnp.asarray(task.x_train, dtype), jnp.asarray(task.y_train, dtype)
     steps = int(cfg.steps)
-    results = fit_side_by_side({"network": net, "linearized": net.linearization()}, params0, x, y,
-                               inputs={s: v[0] for s, v in sets.items()}, chunk=int(cfg.eval_chunk),
-                               steps=steps, record_at=log_steps(steps, int(cfg.record_points)),
-                               seed=int(cfg.seed), track_loss=False,
-                               host_loop=jax.default_backend() == "cpu")
-    for name, res in results.items():
-        if res.diverged:
-            raise ConfigError(f"the {name} diverged (non-finite outputs) at lr={cfg.lr}; lower figure.paper.lr")
-    return results, sets, spec.n_params(task.x_train[:1])
+    result = fit_side_by_side({model: trainer(cfg, spec, model)}, initial_params(cfg, spec, model, x, dtype),
+                              x, y, inputs={s: v[0] for s, v in sets.items()}, chunk=int(cfg.eval_chunk),
+                              steps=steps, record_at=log_steps(steps, int(cfg.record_points)),
+                              seed=int(cfg.seed), track_loss=False,
+                              host_loop=jax.default_backend() == "cpu")[model]
+    if result.diverged:
+        raise ConfigError(f"the {model} diverged (non-finite outputs) at lr={cfg.lr}; lower figure.paper.lr")
+    return result
 
 
-def curve_rows(results, sets, loss: str) -> list[dict]:
-    """Loss (the trained one, `loss`), accuracy, RMSE between the models and the outputs' spread
-    at every recorded step."""
+def model_rows(result, model: str, sets, shown: dict, loss: str) -> list[dict]:
+    """Loss (the trained one), accuracy on each evaluation set, and all k outputs of the compared
+    points, at every recorded step."""
     loss_fn = loss_function(loss)
     rows = []
-    steps = results["network"].steps
-    for t, step in enumerate(steps):
+    for step, rec in zip(result.steps, result.records):
         for split, (_, y, labels) in sets.items():
-            out = {m: results[m].records[t][split] for m in MODELS}
-            for m in MODELS:
-                rows.append(dict(quantity="loss", model=m, split=split, step=step,
-                                 value=float(loss_fn(out[m], y))))
-                rows.append(dict(quantity="accuracy", model=m, split=split, step=step,
-                                 value=float(accuracy(out[m], labels))))
-            diff, spread = rmse(out["network"], out["linearized"]), float(np.std(out["network"]))
-            rows += [dict(quantity="rmse", split=split, step=step, value=diff),
-                     dict(quantity="spread", split=split, step=step, value=spread),
-                     dict(quantity="rel_rmse", split=split, step=step, value=diff / spread)]
+            out = rec[split]
+            rows.append(dict(quantity="loss", model=model, split=split, step=step, value=float(loss_fn(out, y))))
+            rows.append(dict(quantity="accuracy", model=model, split=split, step=step,
+                             value=float(accuracy(out, labels))))
+            rows += [dict(quantity="output", model=model, split=split, step=step, index=int(i), rank=r,
+                          unit=c, label=int(labels[i]), target=float(y[i, c]), value=float(out[i, c]))
+                     for r, i in enumerate(shown[split]) for c in range(y.shape[1])]
     return rows
 
 
-def output_rows(results, sets, n_show: int, seed: int) -> list[dict]:
-    """All k outputs of `n_show` randomly chosen points of each split, both models, every step."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for split, (_, y, labels) in sets.items():
-        shown = np.sort(rng.choice(len(labels), size=n_show, replace=False))
-        for m in MODELS:
-            for step, rec in zip(results[m].steps, results[m].records):
-                for i in shown:
-                    rows += [dict(quantity="output", model=m, split=split, step=step, index=int(i),
-                                  unit=c, label=int(labels[i]), target=float(y[i, c]),
-                                  value=float(rec[split][i, c])) for c in range(y.shape[1])]
-    return rows
-
-
-def run(cfg) -> pd.DataFrame:
+def run(cfg, subset=None) -> pd.DataFrame:
+    """The rows of the models in `subset` (None: both); Table S1 and the parameter count come with
+    the network."""
     spec_probe = model_spec(cfg, 1)                      # bad settings stop before the data is read
     check_sizes(cfg, int(cfg.task.n_train), int(cfg.task.get("n_test", 0) or 0))
     task = tasks.load(cfg.task, cfg.data, seed=int(cfg.seed), name="cifar10")
     check_sizes(cfg, task.n_train, len(task.x_test))
     spec = spec_probe.replace(out_dim=task.out_dim)
-    rows = table_rows(cfg, spec)
-    results, sets, n_params = train_both(cfg, spec, task)
-    rows += curve_rows(results, sets, cfg.loss)
-    rows += output_rows(results, sets, int(cfg.n_show), int(cfg.seed))
-    rows.append(dict(quantity="n_params", value=float(n_params), step=0))
+    sets = eval_sets(cfg, task, precision.train_dtype(cfg))
+    shown = compared(cfg, sets)
+    rows = []
+    for point in points(cfg) if subset is None else subset:
+        model = point["model"]
+        if model == "network":
+            rows += table_rows(cfg, spec)
+            rows.append(dict(quantity="n_params", value=float(spec.n_params(task.x_train[:1])), step=0))
+        rows += model_rows(train_one(cfg, spec, task, model, sets), model, sets, shown, cfg.loss)
+    return pd.DataFrame(rows)
+
+
+def cost(cfg, point) -> list[costs.Cost]:
+    """One model: `steps` SGD steps on minibatches and its evaluation (both evaluation sets, in
+    chunks of `eval_chunk`) at every recorded step."""
+    shapes = tasks.shapes(cfg.task)
+    dtype = precision.train_dtype(cfg)
+    spec = model_spec(cfg, shapes["y_train"][-1])
+    model = point["model"]
+    tr = trainer(cfg, spec, model)
+    steps = int(cfg.steps)
+    out = costs.training(model, tr, spec, shapes["x_train"], shapes["y_train"], steps, dtype=dtype)
+    records = len(set(log_steps(steps, int(cfg.record_points)).tolist()) | {steps})
+    chunk = jax.ShapeDtypeStruct((int(cfg.eval_chunk), *shapes["x_train"][1:]), dtype)
+    params = jax.eval_shape(lambda k, u: spec.init(k, u), jax.random.PRNGKey(0), chunk)
+    n_eval = int(cfg.n_eval_train) + shapes["x_test"][0]
+    out.append(costs.analyse(f"{model}: evaluate {cfg.eval_chunk} points", tr.model_output, params, params,
+                             chunk, calls=records * -(-n_eval // int(cfg.eval_chunk))))
+    return out
+
+
+def agreement(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per split and step, over the compared points and all k outputs: RMSE(f - f_lin), the spread
+    std(f) of the network's outputs and their ratio rel_rmse."""
+    out = C.select(metrics, "output")
+    keys = ["split", "step", "index", "unit"]
+    wide = out.pivot_table(index=keys, columns="model", values="value").reset_index()
+    rows = []
+    for (split, step), g in wide.groupby(["split", "step"]):
+        diff = rmse(g["network"], g["linearized"])
+        spread = float(np.std(g["network"].to_numpy(np.float64)))
+        rows.append(dict(split=split, step=int(step), rmse=diff, spread=spread,
+                         rel_rmse=diff / spread if spread > 0 else float("nan")))
     return pd.DataFrame(rows)
 
 
@@ -219,26 +289,32 @@ def table_claims(metrics, cfg) -> list[C.Claim]:
     ]
 
 
+FIG4 = "Lee et al. 2019, Fig. 4 caption"
+
+
 def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
     tol = cfg.claims
     final = int(C.select(metrics, "loss").step.max())
+    agree = agreement(metrics)
     out = []
     for split in SPLITS:
-        rel = _series(metrics, "rel_rmse", split=split)
+        rel = agree[agree.split == split].rel_rmse
         out.append(C.below(f"the outputs of the WRN and of its linearization stay close over the whole "
                            f"run ({split} points)",
-                           f"max_t RMSE(f_t - f_lin_t) / std(f_t), {split} evaluation points",
-                           float(rel.max()), tol.output_rel_rmse))
+                           f"max_t RMSE(f_t - f_lin_t) / std(f_t), {cfg.n_compare} random {split} points, "
+                           "k outputs", float(rel.max()), tol.output_rel_rmse,
+                           cite=f"{FIG4} and panes 1-2 (output dynamics of random {split} points)"))
     a = _series(metrics, "loss", model="network", split="train")
     b = _series(metrics, "loss", model="linearized", split="train")
     out.append(C.below("the training-loss curves of the WRN and of its linearization agree",
                        "max_t |L_net(t) - L_lin(t)| / L_net(t), training evaluation points",
-                       float(np.max(np.abs(a - b) / a)), tol.loss_rel_diff))
+                       float(np.max(np.abs(a - b) / a)), tol.loss_rel_diff,
+                       cite=f"{FIG4} and pane 3 (training curves)"))
     acc = {m: _series(metrics, "accuracy", model=m, split="test") for m in MODELS}
     out.append(C.below("final test accuracies of the WRN and of its linearization differ by at most "
                        "a few points", f"|acc_net - acc_lin| on the test points at step {final}",
                        float(abs(acc["network"].iloc[-1] - acc["linearized"].iloc[-1])),
-                       tol.test_acc_diff))
+                       tol.test_acc_diff, cite=f"{FIG4} and pane 4 (accuracy curves)"))
     out.append(_check(C.above("the WRN learns (agreement is not that of two untrained models)",
                               f"network test accuracy at step {final} (chance 0.1)",
                               float(acc["network"].iloc[-1]), tol.min_test_acc)))
@@ -258,10 +334,10 @@ def _xlog(ax):
     ax.set_xlabel("t (SGD steps)")
 
 
-def _outputs(ax, metrics, split):
-    """The true-class output of each shown point: network solid, linearization dashed."""
+def _outputs(ax, metrics, split, n_show: int):
+    """The true-class output of the first `n_show` compared points: network solid, linearization dashed."""
     out = C.select(metrics, "output", split=split)
-    out = out[out.unit == out.label]
+    out = out[(out.unit == out.label) & (out["rank"] < n_show)]
     idx = sorted(out["index"].unique())
     for color, i in zip(plotting.colors(max(len(idx), 1)), idx):
         for m in MODELS:
@@ -287,9 +363,10 @@ def _curves(ax, metrics, quantity, splits, title, log=False):
 
 
 def _rel_rmse(ax, metrics):
+    agree = agreement(metrics)
     for split, color in zip(SPLITS, ("tab:blue", "tab:red")):
-        g = C.select(metrics, "rel_rmse", split=split).sort_values("step")
-        ax.plot(g.step[g.step > 0], g.value[g.step > 0], color=color, label=split)
+        g = agree[agree.split == split].sort_values("step")
+        ax.plot(g.step[g.step > 0], g.rel_rmse[g.step > 0], color=color, label=split)
     ax.set(ylabel="RMSE(f, f_lin) / std(f)", title="ours: relative RMSE between the models")
     ax.set_yscale("log")
     _xlog(ax)
@@ -313,8 +390,8 @@ def write_table(metrics: pd.DataFrame, out_dir) -> None:
 def plot(metrics: pd.DataFrame, out_dir, cfg) -> None:
     write_table(metrics, out_dir)
     fig, axes = plotting.subplots(1, 5, width=3.2, height=3.0)
-    _outputs(axes[0][0], metrics, "train")
-    _outputs(axes[0][1], metrics, "test")
+    _outputs(axes[0][0], metrics, "train", int(cfg.n_show))
+    _outputs(axes[0][1], metrics, "test", int(cfg.n_show))
     _curves(axes[0][2], metrics, "loss", SPLITS, "loss (train: evaluation subset)", log=True)
     _curves(axes[0][3], metrics, "accuracy", SPLITS, "accuracy")
     _rel_rmse(axes[0][4], metrics)

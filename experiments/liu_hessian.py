@@ -29,6 +29,11 @@ Model classes (all NTK parameterization with N(0, 1) parameters, tanh hidden uni
   (Eq. 14) = Theta(1) needs phi'' away from 0 at the typical outputs: softplus'' = sigmoid (1 - sigmoid)
   is 0.2-0.25 there, whereas tanh'' vanishes at f = 0 and swish'' changes sign near f = 2.4;
 * ``bottleneck``: three hidden layers [m, m_b, m] with a fixed narrow m_b, linear output.
+
+Sweep points (`points`): one (class, width) each; w_0 from (seed, its sizes) only (the linear and
+nonlinear classes share w_0 at a width).  `cost` bounds a point's work by `steps` GD steps and
+`lanczos_iters` Hessian-vector products per Lanczos run.  `MUTATIONS`: deliberate mistakes for
+tests/test_mutations.py.
 """
 from __future__ import annotations
 
@@ -36,15 +41,16 @@ import math
 import warnings
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import models, plotting, precision, tasks, train
+from ntkrepro import costs, models, plotting, precision, tasks, train
 from ntkrepro.errors import ConfigError
-from ntkrepro.hessian import HessianConvergenceWarning, hessian_spectral_norms
+from ntkrepro.hessian import HessianConvergenceWarning, hessian_spectral_norms, hvp
 from ntkrepro.outputs import (OutputModel, check_output, lambda_max, normalized_lr, output_fn, rel_change,
                               tangent_kernel)
 
@@ -57,6 +63,21 @@ PAPER = {  # Table 1
 COLORS = {"linear": "tab:blue", "nonlinear": "tab:red", "bottleneck": "tab:green"}
 
 
+MUTATIONS = {  # deliberate mistakes, for tests/test_mutations.py only (`mutation=<name>`)
+    "standard_parameterization": "the networks in the standard parameterization (weights N(0, "
+                                 "sigma_w^2 / fan-in), no 1/sqrt(fan-in) multiplier; the same functions "
+                                 "at w_0), where Table 1's orders assume the NTK parameterization",
+}
+
+
+def points(cfg) -> list[dict]:
+    """The sweep points: one (model class, width) each, widths ascending within a class."""
+    for cls in cfg.classes:
+        if cls not in CLASSES:
+            raise ConfigError(f"unknown model class '{cls}'; choose from {', '.join(CLASSES)}")
+    return [{"cls": str(c), "width": int(m)} for c in cfg.classes for m in cfg.widths]
+
+
 def _model(cfg, cls: str, width: int) -> tuple[OutputModel, tuple]:
     """The model f~ of a class at width m, and the sizes that tag its initialization."""
     if cls == "bottleneck":
@@ -66,6 +87,20 @@ def _model(cfg, cls: str, width: int) -> tuple[OutputModel, tuple]:
         return OutputModel(models.from_config(cfg, width=(width, mb, width), depth=3, out_dim=1)), (width, mb)
     output = "linear" if cls == "linear" else check_output(cfg.nonlinear_output)
     return OutputModel(models.from_config(cfg, width=width, depth=1, out_dim=1), output), (width,)
+
+
+def _initial(cfg, f: OutputModel, tags: tuple, x, dtype) -> tuple[OutputModel, dict]:
+    """w_0: N(0, 1) parameters from numpy default_rng([seed, *tags]) (NTK parameterization); under
+    the mutation `standard_parameterization` the same function in the standard parameterization
+    (each weight times sigma_w / sqrt(fan-in), each bias times sigma_b, multipliers 1)."""
+    p0 = f.spec.init_normal(np.random.default_rng([int(cfg.seed), *tags]), x, dtype)
+    if cfg.get("mutation") != "standard_parameterization":
+        return f, p0
+    spec = f.spec.replace(parameterization="standard")
+    w, b = math.sqrt(f.spec.w_var), math.sqrt(f.spec.b_var)
+    p0 = {layer: {k: v * (w / math.sqrt(v.shape[0]) if k == "kernel" else b) for k, v in leaves.items()}
+          for layer, leaves in p0.items()}
+    return OutputModel(spec, f.output), p0
 
 
 def _norms(f: OutputModel, params, x, n_probe: int, cfg, **columns) -> list[dict]:
@@ -110,7 +145,9 @@ def _train_and_probe(f: OutputModel, p0, x, t, cfg, common: dict) -> list[dict]:
     return rows
 
 
-def run(cfg) -> pd.DataFrame:
+def run(cfg, subset=None) -> pd.DataFrame:
+    """The rows of the points in `subset` (None: every point); each point's w_0 comes from (seed, its
+    sizes) only, so a split run's parts hold the rows of the unsplit run."""
     dtype = precision.train_dtype(cfg)
     task = tasks.load(cfg.task, cfg.data, seed=int(cfg.seed), name="teacher")
     x, t = jnp.asarray(task.x_train, dtype), jnp.asarray(task.y_train, dtype)
@@ -119,15 +156,39 @@ def run(cfg) -> pd.DataFrame:
                           f"got {task.out_dim}")
     if not 1 <= int(cfg.n_probe) <= len(x):
         raise ConfigError(f"n_probe must be between 1 and n_train={len(x)}, got {cfg.n_probe}")
-    for cls in cfg.classes:
-        if cls not in CLASSES:
-            raise ConfigError(f"unknown model class '{cls}'; choose from {', '.join(CLASSES)}")
+    todo = points(cfg) if subset is None else list(subset)
     rows = []
-    for cls, width in tqdm([(c, int(m)) for c in cfg.classes for m in cfg.widths], desc=cfg.id, disable=None):
-        f, tags = _model(cfg, cls, width)
-        p0 = f.spec.init_normal(np.random.default_rng([int(cfg.seed), *tags]), x, dtype)
-        rows += _train_and_probe(f, p0, x, t, cfg, dict(cls=cls, output=f.output, width=width))
+    for point in tqdm(todo, desc=cfg.id, disable=None):
+        f, tags = _model(cfg, point["cls"], int(point["width"]))
+        f, p0 = _initial(cfg, f, tags, x, dtype)
+        rows += _train_and_probe(f, p0, x, t, cfg, dict(cls=point["cls"], output=f.output,
+                                                        width=int(point["width"])))
     return pd.DataFrame(rows)
+
+
+def cost(cfg, point) -> list[costs.Cost]:
+    """One point: at most `steps` GD steps (an upper bound: training stops at convergence), and at each
+    of the probed steps `n_probe` Lanczos runs of `lanczos_iters` Hessian-vector products plus the
+    tangent kernel; the initial and final tangent kernels."""
+    shapes = tasks.shapes(cfg.task)
+    dtype = precision.train_dtype(cfg)
+    f, _ = _model(cfg, point["cls"], int(point["width"]))
+    if cfg.get("mutation") == "standard_parameterization":
+        f = OutputModel(f.spec.replace(parameterization="standard"), f.output)
+    steps = int(cfg.steps) if cfg.get("train", True) else 0
+    probes = len({int(s) for s in cfg.hessian_steps if 0 <= int(s) <= steps} | {steps})
+    name = f"{point['cls']} m={int(point['width'])}"
+    x = jax.ShapeDtypeStruct(shapes["x_train"], dtype)
+    params = jax.eval_shape(lambda key, u: f.spec.init(key, u), jax.random.PRNGKey(0), x)
+    one = jax.ShapeDtypeStruct((1, *shapes["x_train"][1:]), dtype)
+    trainer = train.Trainer(f, loss="mse", lr=1.0)
+    fit = costs.training(name, trainer, f.spec, shapes["x_train"], shapes["y_train"], steps, dtype=dtype,
+                         record_points=probes) if steps > 0 else []
+    return [*fit,
+            costs.analyse(f"{name}: Hessian-vector product", lambda p, u, v: hvp(f, p, u, v), params, one,
+                          params, calls=probes * int(cfg.n_probe) * int(cfg.lanczos_iters)),
+            costs.analyse(f"{name}: tangent kernel", lambda p, u: tangent_kernel(f.spec, p, u, f.output),
+                          params, x, calls=probes + 3)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,6 +216,13 @@ def _slopes(s: pd.DataFrame) -> dict:
     return out
 
 
+CITE = {  # where the paper derives each row's orders
+    "linear": "Liu, Zhu & Belkin 2020, Table 1, row 1; Sec. 3.1 Eqs. 5-6, Sec. 3.2 Thm. 3.2",
+    "nonlinear": "Liu, Zhu & Belkin 2020, Table 1, row 2; Sec. 4 Eqs. 12-14",
+    "bottleneck": "Liu, Zhu & Belkin 2020, Table 1, row 3; Sec. 4, 'Wide neural networks with bottleneck'",
+}
+
+
 def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
     s = summary(metrics)
     slopes = _slopes(s)
@@ -166,11 +234,15 @@ def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
         for q, where in (("hess_init", "at initialization"), ("hess_path", "max along the training path")):
             out.append(C.in_range(f"{name}: Hessian spectral norm is {order} (Table 1)",
                                   f"log-log slope over m of max_x ||H(w; x)||, {where}", slopes[cls][q],
-                                  lo, hi))
+                                  lo, hi, cite=CITE[cls]))
         lo, hi = tol.grad_slope
         out.append(C.in_range(f"{name}: tangent kernel / gradient norm is Theta(1) (Table 1, Eq. 6)",
                               "log-log slope over m of max_x ||grad f(w_0; x)||", slopes[cls]["grad_init"],
-                              lo, hi))
+                              lo, hi, cite=f"{CITE[cls]}; the NTK column, Eq. 6"))
+    h = metrics[metrics.quantity == "hessian_norm"]
+    missed = h.drop_duplicates(["cls", "width", "step"]).lanczos_unconverged.fillna(0).sum()
+    out.append(C.below("Lanczos reached its tolerance in every Hessian-norm measurement",
+                       "Lanczos runs that missed lanczos_tol", float(missed), 0.5, kind="check"))
     return out
 
 

@@ -25,18 +25,25 @@ every output map and width), stopped when L(w_t) <= tol L(w_0) ("converged"), at
 * ``view: bottleneck`` (Figure 2): three hidden layers of width m with the second a bottleneck of
   width m_b, linear output; Delta K against m_b (Sec. 4: a narrow layer breaks condition (b) of
   Theorem 3.1).
+
+Sweep points (`points`, the units a split run distributes over jobs): (width, trial, output) for Fig. 1,
+(m_b, trial) for Fig. 2.  A point's network is drawn from (seed, its sizes, trial) only, so the output
+maps of one (width, trial) share w_0 wherever they run.  `cost` bounds a point's work by `steps` GD
+steps (training stops earlier, at convergence).  `MUTATIONS`: deliberate mistakes for
+tests/test_mutations.py.
 """
 from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import models, plotting, precision, tasks, train
+from ntkrepro import costs, models, plotting, precision, tasks, train
 from ntkrepro.errors import ConfigError
 from ntkrepro.outputs import (OutputModel, check_output, lambda_max, normalized_lr, output_fn, rel_change,
                               tangent_kernel)
@@ -46,29 +53,58 @@ LABELS = {"linear": "linear output $f$", "softmax": r"softmax output $\tilde f$"
 COLORS = {"linear": "tab:blue", "softmax": "tab:red", "swish": "tab:orange", "softplus": "tab:purple"}
 
 
-def _networks(cfg, k: int) -> list[tuple]:
-    """(spec, init tags, row columns) per network: widths m (Fig. 1) or bottleneck widths m_b (Fig. 2)."""
+MUTATIONS = {  # deliberate mistakes, for tests/test_mutations.py only (`mutation=<name>`)
+    "no_output_jacobian": "the tangent kernel of phi(f) taken without J_phi (K_f instead of "
+                          "J_phi K_f J_phi^T): the nonlinear-output models look like the linear one",
+    "no_bottleneck": "the bottleneck width never reaches the network: all three hidden layers have "
+                     "width m (Fig. 2 then measures a network without a bottleneck)",
+}
+
+
+def points(cfg) -> list[dict]:
+    """The sweep points: (width, trial, output) for Fig. 1, (bottleneck width, trial) for Fig. 2;
+    sizes ascending (round-robin shards then get a similar mix of cheap and costly points)."""
     trials = range(int(cfg.get("trials", 1)))
     if cfg.view == "width":
-        return [(models.from_config(cfg, width=int(m), out_dim=k), (int(m), tr),
-                 dict(width=int(m), trial=tr)) for m in cfg.widths for tr in trials]
+        outputs = [check_output(o) for o in cfg.outputs]
+        return [{"width": int(m), "trial": tr, "output": o} for m in cfg.widths for tr in trials
+                for o in outputs]
     if cfg.view == "bottleneck":
-        m = int(cfg.width)
-        return [(models.from_config(cfg, width=(m, int(mb), m), out_dim=k), (m, int(mb), tr),
-                 dict(width=m, trial=tr, bottleneck_width=int(mb)))
-                for mb in cfg.bottleneck_widths for tr in trials]
+        return [{"bottleneck_width": int(mb), "trial": tr} for mb in cfg.bottleneck_widths for tr in trials]
     raise ConfigError(f"unknown view '{cfg.view}' for {cfg.id}; use 'width' or 'bottleneck'")
+
+
+def _network(cfg, point: dict, k: int) -> tuple:
+    """(spec, init tags, row columns) of a point's network f: one hidden layer of width m (Fig. 1) or
+    [m, m_b, m] (Fig. 2).  The tags seed its N(0, 1) draws (numpy default_rng([seed, *tags])): the
+    same w_0 for every output map of a (width, trial), independent of the other points."""
+    tr = int(point["trial"])
+    if cfg.view == "width":
+        m = int(point["width"])
+        return (models.from_config(cfg, width=m, out_dim=k), (m, tr),
+                dict(width=m, trial=tr))
+    m, mb = int(cfg.width), int(point["bottleneck_width"])
+    hidden = (m, m, m) if cfg.get("mutation") == "no_bottleneck" else (m, mb, m)
+    return (models.from_config(cfg, width=hidden, out_dim=k), (m, mb, tr),
+            dict(width=m, trial=tr, bottleneck_width=mb))
+
+
+def _measured(cfg, output: str) -> str:
+    """The output map whose tangent kernel is measured: the trained model's own (the mutation
+    `no_output_jacobian` drops J_phi and measures K_f of the network under it)."""
+    return "linear" if cfg.get("mutation") == "no_output_jacobian" else output
 
 
 def fit_and_track(spec, p0, x, t, output: str, cfg, kf0) -> tuple[list[dict], dict]:
     """Train phi(f) by gradient descent from p0; Delta K(t) at the checkpoints and a summary."""
-    k0 = kf0 if output == "linear" else tangent_kernel(spec, p0, x, output)
+    measured = _measured(cfg, output)
+    k0 = kf0 if measured == "linear" else tangent_kernel(spec, p0, x, measured)
     eta = normalized_lr(cfg.lr, len(x), lambda_max(kf0), output)
     trainer = train.Trainer(OutputModel(spec, output), loss="mse", lr=eta)
     tol, steps = float(cfg.tol), int(cfg.steps)
     res = train.fit(trainer, p0, x, output_fn(output)(t), steps=steps,
                     record_at=train.log_steps(steps, int(cfg.kernel_points)),
-                    observe=lambda _, st: rel_change(tangent_kernel(spec, trainer.params(st), x, output), k0),
+                    observe=lambda _, st: rel_change(tangent_kernel(spec, trainer.params(st), x, measured), k0),
                     stop=lambda loss, loss0: ~jnp.isfinite(loss) | (loss <= tol * loss0))
     trace = [dict(step=step, delta_k=dk if math.isfinite(loss) else math.nan, loss=loss)
              for step, dk, loss in zip(res.steps, res.records, res.losses.tolist())]
@@ -81,27 +117,46 @@ def fit_and_track(spec, p0, x, t, output: str, cfg, kf0) -> tuple[list[dict], di
     return trace, summary
 
 
-def run(cfg) -> pd.DataFrame:
+def run(cfg, subset=None) -> pd.DataFrame:
+    """The rows of the points in `subset` (None: every point); each point's network is drawn from
+    (seed, its tags) only, so a split run's parts hold the rows of the unsplit run."""
     dtype = precision.train_dtype(cfg)
     task = tasks.load(cfg.task, cfg.data, seed=int(cfg.seed), name="teacher")
     x, t = jnp.asarray(task.x_train, dtype), jnp.asarray(task.y_train, dtype)
-    outputs = [check_output(o) for o in cfg.outputs] if cfg.view == "width" else ["linear"]
-    networks = _networks(cfg, task.out_dim)
-    rows = []
-    bar = tqdm(total=len(networks) * len(outputs), desc=cfg.id, disable=None)
-    for spec, tags, common in networks:
-        p0 = spec.init_normal(np.random.default_rng([int(cfg.seed), *tags]), x, dtype)
-        kf0 = tangent_kernel(spec, p0, x)
-        for output in outputs:
-            bar.set_postfix(**common, output=output)
-            trace, summary = fit_and_track(spec, p0, x, t, output, cfg, kf0)
-            rows.append(dict(quantity="delta_k", value=summary.pop("delta_k"), output=output, **common,
-                             **summary))
-            rows += [dict(quantity="delta_k_t", value=r["delta_k"], step=r["step"], loss=r["loss"],
-                          output=output, **common) for r in trace]
-            bar.update()
-    bar.close()
+    todo = points(cfg) if subset is None else list(subset)
+    rows, drawn = [], {}
+    for point in tqdm(todo, desc=cfg.id, disable=None):
+        spec, tags, common = _network(cfg, point, task.out_dim)
+        if tags not in drawn:  # w_0 and K_f(w_0), shared by the output maps of one network
+            p0 = spec.init_normal(np.random.default_rng([int(cfg.seed), *tags]), x, dtype)
+            drawn = {tags: (p0, tangent_kernel(spec, p0, x))}
+        p0, kf0 = drawn[tags]
+        output = point.get("output", "linear")
+        trace, summary = fit_and_track(spec, p0, x, t, output, cfg, kf0)
+        rows.append(dict(quantity="delta_k", value=summary.pop("delta_k"), output=output, **common, **summary))
+        rows += [dict(quantity="delta_k_t", value=r["delta_k"], step=r["step"], loss=r["loss"],
+                      output=output, **common) for r in trace]
     return pd.DataFrame(rows)
+
+
+def cost(cfg, point) -> list[costs.Cost]:
+    """One point: at most `steps` full-batch GD steps of phi(f) (an upper bound: training stops at
+    convergence) with the loss and the tangent kernel at every recording point, and K_f(w_0)."""
+    shapes = tasks.shapes(cfg.task)
+    dtype = precision.train_dtype(cfg)
+    spec, _, common = _network(cfg, point, shapes["y_train"][-1])
+    output = point.get("output", "linear")
+    steps = int(cfg.steps)
+    records = len(train.log_steps(steps, int(cfg.kernel_points)))
+    trainer = train.Trainer(OutputModel(spec, output), loss="mse", lr=1.0)
+    name = ", ".join(f"{k}={v}" for k, v in {**common, "output": output}.items())
+    x = jax.ShapeDtypeStruct(shapes["x_train"], dtype)
+    params = jax.eval_shape(lambda key, u: spec.init(key, u), jax.random.PRNGKey(0), x)
+    measured = _measured(cfg, output)
+    return [*costs.training(name, trainer, spec, shapes["x_train"], shapes["y_train"], steps, dtype=dtype,
+                            record_points=records),
+            costs.analyse(f"{name}: tangent kernel", lambda p, u: tangent_kernel(spec, p, u, measured),
+                          params, x, calls=records + 2)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,37 +180,46 @@ def _panel(metrics, **where):
     return t
 
 
+PAPER = "Liu, Zhu & Belkin 2020"
+
+
 def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
     if cfg.view == "bottleneck":
         return _claims_bottleneck(metrics, cfg)
     tol = cfg.claims
     s = _summary(metrics)
-    out = []
     lin = s[s.output == "linear"].sort_values("width")
-    lo, hi = tol.linear_slope
-    out.append(C.in_range("linear output: Delta K falls with the width (constant NTK in the limit; "
-                          "bound O(m^-1/2), Prop. 2.2 + Thm. 3.2)",
-                          "log-log slope of Delta K over m", C.loglog_slope(lin.width, lin.value), lo, hi))
+    wide = int(s.width.max())
+    out = [C.in_range("linear output: Delta K falls with the width (constant NTK in the limit; "
+                      "bound O(m^-1/2), Prop. 2.2 + Thm. 3.2)",
+                      "log-log slope of Delta K over m", C.loglog_slope(lin.width, lin.value), *tol.linear_slope,
+                      cite=f"{PAPER}, Sec. 6 and Fig. 1 (left); the bound: Eq. 5, Prop. 2.2, Thm. 3.2")]
     for o in [o for o in s.output.unique() if o != "linear"]:
         g = s[s.output == o].sort_values("width")
         out.append(C.above(f"{o} output: Delta K stays of order one at every width (Sec. 4, term A)",
-                           "min over widths of Delta K", float(g.value.min()), tol.nonlinear_min))
-        lo, hi = tol.nonlinear_slope
+                           "min over widths of Delta K", float(g.value.min()), tol.nonlinear_min,
+                           cite=f"{PAPER}, Sec. 6 and Fig. 1 (left): 'always takes significant change, even "
+                                "if the network width is large'; Sec. 4, term A"))
         out.append(C.in_range(f"{o} output: Delta K does not decay with the width",
-                              "log-log slope of Delta K over m", C.loglog_slope(g.width, g.value), lo, hi))
-        wide = int(s.width.max())
+                              "log-log slope of Delta K over m", C.loglog_slope(g.width, g.value),
+                              *tol.nonlinear_slope,
+                              cite=f"{PAPER}, Sec. 4: a change of order Theta(1) even as m -> infinity"))
         ratio = float(g[g.width == wide].value.iloc[0] / lin[lin.width == wide].value.iloc[0])
         out.append(C.above(f"{o} vs linear output at the largest width: the nonlinear output changes the "
                            "kernel far more", f"Delta K({o}) / Delta K(linear) at m={wide}", ratio,
-                           tol.ratio_at_widest))
+                           tol.ratio_at_widest, cite=f"{PAPER}, Fig. 1 (left)"))
         out.append(C.below(f"{o} output: gradient descent still converges (Thm. 5.1)",
                            "max over widths of L(w_T) / L(w_0)", float(g.loss_ratio.max()),
-                           tol.nonlinear_loss_ratio))
+                           tol.nonlinear_loss_ratio, cite=f"{PAPER}, Thm. 5.1 (Sec. 5); Sec. 6"))
+    out.append(C.below("linear output: gradient descent converged at every width (Delta K is measured "
+                       "from initialization to convergence)", "max over widths of L(w_T) / L(w_0)",
+                       float(lin.loss_ratio.max()), tol.linear_loss_ratio, kind="check"))
     panel = int(cfg.panel_width)
     t = _panel(metrics, output="linear", width=panel)
     if len(t):
         out.append(C.below(f"right panel: the linear-output kernel is nearly unchanged during training at "
-                           f"m={panel}", "sup_t Delta K(t)", float(t.value.max()), tol.linear_panel_max))
+                           f"m={panel}", "sup_t Delta K(t)", float(t.value.max()), tol.linear_panel_max,
+                           cite=f"{PAPER}, Fig. 1 (right) and Sec. 6: 'nearly unchanged during training'"))
     return out
 
 
@@ -163,16 +227,20 @@ def _claims_bottleneck(metrics, cfg):
     tol = cfg.claims
     s = _summary(metrics).sort_values("bottleneck_width")
     narrow, wide = s.iloc[0], s.iloc[-1]
-    lo, hi = tol.slope
     return [
         C.above("a narrow bottleneck keeps the tangent kernel far from constant (Sec. 4)",
-                f"Delta K at m_b={int(narrow.bottleneck_width)}", float(narrow.value), tol.narrow_min),
+                f"Delta K at m_b={int(narrow.bottleneck_width)}", float(narrow.value), tol.narrow_min,
+                cite=f"{PAPER}, Sec. 6 and Fig. 2: 'a narrow bottleneck layer ... prevent[s] the neural "
+                     "tangent kernel from being constant'; Sec. 4, 'Wide neural networks with bottleneck'"),
         C.in_range("Delta K falls as the bottleneck widens",
-                   "log-log slope of Delta K over m_b", C.loglog_slope(s.bottleneck_width, s.value), lo, hi),
+                   "log-log slope of Delta K over m_b", C.loglog_slope(s.bottleneck_width, s.value),
+                   *tol.slope, cite=f"{PAPER}, Sec. 6 and Fig. 2: 'increasing the width of the bottleneck "
+                                    "layer makes the change of the tangent kernel smaller'"),
         C.below("with a wide bottleneck the kernel is nearly constant again",
-                f"Delta K at m_b={int(wide.bottleneck_width)}", float(wide.value), tol.wide_max),
+                f"Delta K at m_b={int(wide.bottleneck_width)}", float(wide.value), tol.wide_max,
+                cite=f"{PAPER}, Fig. 2; Sec. 3.2, Thm. 3.2 (every hidden layer wide: small Hessian)"),
         C.below("gradient descent converged for every bottleneck width", "max over m_b of L(w_T) / L(w_0)",
-                float(s.loss_ratio.max()), tol.loss_ratio),
+                float(s.loss_ratio.max()), tol.loss_ratio, kind="check"),
     ]
 
 

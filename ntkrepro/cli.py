@@ -14,6 +14,7 @@ import sys
 from functools import lru_cache
 
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)  # "Unable to initialize backend 'tpu'"
+logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint save at INFO
 
 import hydra  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402

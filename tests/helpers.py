@@ -48,3 +48,24 @@ def finished_runs(out_root: Path) -> list[Path]:
 
 def run_record(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "run.json").read_text())
+
+
+def compose_in_process(fid: str, scale: str = "smoke", overrides=()):
+    """(effective settings, module) of a figure, composed in this process (sample data, JAX in x64)."""
+    import jax
+
+    from ntkrepro import manifest, plan
+    from ntkrepro.runner import check_mutation
+
+    _, run_cfg, module = plan.compose(fid, scale, ["data.source=sample", *overrides])
+    check_mutation(module, run_cfg)
+    jax.config.update("jax_enable_x64", True)
+    manifest.reset_data()
+    return run_cfg, module
+
+
+def run_in_process(fid: str, scale: str = "smoke", overrides=(), subset=None):
+    """(metrics, effective settings, module) of a figure run in this process: what a job computes,
+    without its folder, figure and claims (fast: no interpreter start, no plotting)."""
+    run_cfg, module = compose_in_process(fid, scale, overrides)
+    return (module.run(run_cfg) if subset is None else module.run(run_cfg, subset=subset)), run_cfg, module

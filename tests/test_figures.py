@@ -15,6 +15,7 @@ from matplotlib.image import imread
 from omegaconf import OmegaConf
 
 from helpers import cli, run_record
+from smoke_pin import PIN_TOLERANCE, compare, pinned
 from ntkrepro.registry import CONF_DIR, SCALES, figure_ids
 from ntkrepro.runner import effective_settings, load_experiment
 from ntkrepro.validate import validate_settings
@@ -96,6 +97,7 @@ def test_smoke_run_writes_a_complete_result(tmp_path, fid):
         assert (run / name).is_file(), name
     metrics = pd.read_csv(run / "metrics.csv")
     assert len(metrics) > 0 and metrics["value"].notna().all()
+    assert compare(pinned(fid), metrics, **PIN_TOLERANCE) == []  # the pinned smoke metrics (smoke_pin.py)
     check_png(run / f"{fid}.png")
     check_pdf(run / f"{fid}.pdf")
 

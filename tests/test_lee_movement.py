@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from ntkrepro.errors import ConfigError
 from ntkrepro.models import ModelSpec
 from ntkrepro.train import LOSSES, Trainer, fit, log_steps
 
-from experiments.lee_movement import claims, measure, panels
+from experiments.lee_movement import MUTATIONS, claims, cost, kernels_at, measure, network, panels, points
 
 mse = LOSSES["mse_per_output"]  # the loss lee_movement trains on
 
@@ -122,7 +123,7 @@ CFG = OmegaConf.create({
     "lr": 1.0, "steps": 100, "w_var": 2.0, "b_var": 0.1,
     "panels": {"p": {"label": "net", "depth": 2, "activation": "relu",
                      "task": {"dataset": "mnist", "targets": "centered_onehot", "n_train": 8}}},
-    "claims": {"sqrt_slope": [-0.65, -0.35], "inverse_slope": [-1.15, -0.85], "kernel_bound_slope": -0.4,
+    "claims": {"sqrt_slope": [-0.65, -0.35], "inverse_slope": [-1.15, -0.85],
                "kernel_slope": [-1.25, -0.75], "kernel_growth": 0.1, "loss_ratio": 1e-2}})
 
 
@@ -130,17 +131,59 @@ def test_claims_pass_on_the_paper_rates_and_fail_otherwise():
     good = {("weight", 1, "input"): -0.5, ("weight", 2, "intermediate"): -1.0,
             ("weight", 3, "output"): -0.5, ("ntk", 0, "kernel"): -1.0, ("nngp", 0, "kernel"): -0.9}
     result = claims(_synthetic_metrics(good), CFG)
-    assert len(result) == 3 + 2 * 2 + 2 + 1  # weights, kernel slopes, saturation, loss
+    assert len(result) == 3 + 2 + 2 + 1  # weights, kernel slopes (paper); saturation, loss (checks)
     assert all(c.status == "PASS" for c in result), [c for c in result if c.status != "PASS"]
+    assert [c.kind for c in result] == ["paper"] * 5 + ["check"] * 3
+    assert all(c.cite == "Lee et al. 2019, Fig. 1 caption" for c in result[:5])
+    assert not any("at most" in c.claim for c in result)   # implied by "closer to O(1/n)": no claim of its own
     slopes = [c.value for c in result if "W^2" in c.claim]
     assert math.isclose(slopes[0], -1.0, abs_tol=1e-12)
-    bound = "net: change of NTK Theta-hat is at most O(1/sqrt(n))"
-    closer = "net: change of NTK Theta-hat is closer to O(1/n) than to O(1/sqrt(n))"
-    status = {c.claim: c.status for c in claims(_synthetic_metrics({**good, ("ntk", 0, "kernel"): -0.5}), CFG)}
-    assert status[bound] == "PASS" and status[closer] == "FAIL"  # like 1/sqrt(n): within the bound only
-    status = {c.claim: c.status for c in claims(_synthetic_metrics({**good, ("ntk", 0, "kernel"): -0.3}), CFG)}
-    assert status[bound] == "FAIL" and status[closer] == "FAIL"
+    closer = "net: change of NTK Theta-hat (Eq. 4, k|D| x k|D|) is closer to O(1/n) than to O(1/sqrt(n))"
+    for rate, want in ((-0.5, "FAIL"), (-0.3, "FAIL"), (-0.8, "PASS")):
+        status = {c.claim: c.status for c in claims(_synthetic_metrics({**good, ("ntk", 0, "kernel"): rate}), CFG)}
+        assert status[closer] == want, rate
+    status = {c.claim: c.status for c in claims(_synthetic_metrics({**good, ("weight", 1, "input"): -1.5}), CFG)}
+    assert status["net: input weights W^1 change like 1/sqrt(n)"] == "FAIL"
     diverged = _synthetic_metrics(good)
     diverged.loc[diverged.quantity == "diverged", "value"] = 1.0
     last = claims(diverged, CFG)[-1]
     assert last.status == "FAIL" and last.value is not None and math.isnan(last.value)
+    # the rows' order does not matter
+    shuffled = _synthetic_metrics(good).sample(frac=1.0, random_state=0)
+    again = claims(shuffled, CFG)
+    assert [c.claim for c in again] == [c.claim for c in result]
+    np.testing.assert_allclose([c.value for c in again], [c.value for c in result], rtol=1e-12)
+
+
+def test_theta_hat_is_eq_4s_matrix_over_examples_and_outputs():
+    """kernels_at's NTK is J J^T with J the (|D| k) x P Jacobian (Eq. 4), as (|D|, |D|, k, k); its
+    sum over the outputs is the summed form."""
+    spec, x, _ = _net(out_dim=3)
+    params = spec.init(jax.random.PRNGKey(0), x)
+    got = np.asarray(kernels_at(spec, params, x)["ntk"])
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    jac = jax.jacrev(lambda v: spec.apply(unravel(v), x).reshape(-1))(flat)   # (|D| k, P), example-major
+    want = (jac @ jac.T).reshape(5, 3, 5, 3).transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.einsum("ijcc->ij", got), spec.empirical_ntk(params, x), rtol=1e-10)
+
+
+def test_the_mutation_trains_the_standard_parameterization_at_eta_over_n():
+    p = dict(depth=2, activation="relu", w_var=2.0, b_var=0.1, lr=1.0)
+    spec, lr = network(p, 64, 10)
+    assert spec.parameterization == "ntk" and lr == 1.0 and spec.width == 64 and spec.out_dim == 10
+    spec, lr = network(p, 64, 10, "standard_parameterization")
+    assert spec.parameterization == "standard" and lr == 1.0 / 64
+    assert list(MUTATIONS) == ["standard_parameterization"]
+
+
+def test_points_are_panel_width_trial_costliest_first_and_cost_composes():
+    cfg = OmegaConf.merge(CFG, {"trials": 2, "seed": 0, "loss_points": 4})
+    pts = points(cfg)
+    assert [(q["width"], q["trial"]) for q in pts] == [(w, t) for w in (2048, 1024, 512, 256) for t in (0, 1)]
+    assert {q["panel"] for q in pts} == {"p"}
+    jax.config.update("jax_enable_x64", True)
+    small = OmegaConf.merge(cfg, {"widths": [8], "panels": {"p": {"task": {"flatten": True}}}})
+    pieces = cost(small, points(small)[0])
+    assert [c.calls for c in pieces] == [100, len(set(log_steps(100, 4).tolist()) | {50, 100}), 3]
+    assert all(c.flops > 0 and c.peak_memory > 0 for c in pieces)

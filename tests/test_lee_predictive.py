@@ -69,23 +69,32 @@ def test_train_ensemble_matches_a_plain_loop():
     spec = proj.replace(width=8)
     f, loss = L.train_ensemble(cfg, spec, c, y, cs, np.array([0, 2, 5]))
     assert f.shape == (3, 3, len(xs)) and loss.shape == (3, 3)
-    keys = jax.random.split(jax.random.PRNGKey(3), 3)
-    p = L.draw_params(spec, keys[2], c, jnp.float64)
+    key = jax.random.fold_in(jax.random.PRNGKey(3), 2)   # member 2's key: from (seed, member) only
+    p = L.draw_params(spec, key, c, jnp.float64)
     lp = lambda p: 0.5 * jnp.mean((spec.apply(p, c) - y) ** 2)  # noqa: E731
     for _ in range(5):
         p = jax.tree_util.tree_map(lambda a, g: a - 0.5 * g, p, jax.grad(lp)(p))
     np.testing.assert_allclose(f[2, 2], spec.apply(p, cs)[:, 0], rtol=1e-10)
     np.testing.assert_allclose(loss[2, 2], lp(p), rtol=1e-10)
+    # a member is the same network however the ensemble is chunked (split runs: chunks are the points)
+    cfg1 = OmegaConf.merge(cfg, {"ensemble_chunk": 1})
+    assert L.points(cfg) == [{"chunk": 0}, {"chunk": 1}] and len(L.points(cfg1)) == 3
+    f1, _ = L.train_ensemble(cfg1, spec, c, y, cs, np.array([0, 2, 5]))
+    np.testing.assert_allclose(f1, f, rtol=1e-12, atol=1e-14)
 
 
 def _metrics(ens_mean, ens_std, mu, sigma, m):
+    """Metrics whose m members have exactly the given mean and std (ddof 1) at each alpha."""
+    z = np.random.default_rng(0).standard_normal(m)
+    z = (z - z.mean()) / z.std(ddof=1)
     rows = []
-    for src, (a, b) in {"ensemble": (ens_mean, ens_std), "ntk_gp": (mu, sigma), "nngp": (mu, sigma),
-                        "nngp_posterior": (mu, sigma)}.items():
-        for i, (u, v) in enumerate(zip(a, b)):
+    for src in ("ntk_gp", "nngp", "nngp_posterior"):
+        for i, (u, v) in enumerate(zip(mu, sigma)):
             rows += [dict(source=src, stat="mean", time=0, alpha=float(i), member=-1, value=u),
                      dict(source=src, stat="std", time=0, alpha=float(i), member=-1, value=v)]
-    rows.append(dict(source="ensemble", stat="n_members", time=0, alpha=np.nan, member=-1, value=m))
+    for i, (u, v) in enumerate(zip(ens_mean, ens_std)):
+        rows += [dict(source="member", stat="f", time=0, alpha=float(i), member=k, value=u + v * z[k])
+                 for k in range(m)]
     return pd.DataFrame(rows)
 
 
@@ -94,10 +103,22 @@ def test_discrepancy_is_in_units_of_the_standard_error():
     m = 101
     se = np.sqrt(np.mean(sigma ** 2) / m)
     d = L.discrepancies(_metrics(np.full(4, 2.0 * se), sigma, np.zeros(4), sigma, m))
-    assert abs(d[0][0] - 2.0) < 1e-12 and d[0][1] == 0.0
+    assert abs(d[0][0] - 2.0) < 1e-9 and d[0][1] < 1e-9
     se_std = np.sqrt(np.mean(sigma ** 2) / (2 * (m - 1)))
     d = L.discrepancies(_metrics(np.zeros(4), sigma + 3.0 * se_std, np.zeros(4), sigma, m))
-    assert d[0][0] == 0.0 and abs(d[0][1] - 3.0) < 1e-12
+    assert d[0][0] < 1e-9 and abs(d[0][1] - 3.0) < 1e-9
+
+
+def test_a_diverged_member_fails_the_claims_and_claims_carry_kind_and_cite():
+    sigma = np.ones(4)
+    metrics = _metrics(np.zeros(4), sigma, np.zeros(4), sigma, 30)
+    cfg = OmegaConf.create({"view": "distribution", "claims": {"max_discrepancy": 3.5,
+                                                               "min_nngp_discrepancy": 3.5}})
+    ok = L.claims(metrics, cfg)
+    assert [c.status for c in ok[:2]] == ["PASS", "PASS"]
+    assert all(c.kind == "paper" and c.cite.startswith("Lee et al. 2019") for c in ok)
+    metrics.loc[metrics.member == 3, "value"] = np.nan  # one network diverged: never silently dropped
+    assert [c.status for c in L.claims(metrics, cfg)[:2]] == ["FAIL", "FAIL"]
 
 
 def test_s1_composes_fig_2_and_holds_only_what_differs():

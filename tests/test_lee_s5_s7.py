@@ -121,12 +121,31 @@ def test_s7_grid_vmaps_learning_rates_and_flags_divergence():
     np.testing.assert_allclose(r["train_loss"][0], mse_loss(spec.apply(p, x), y), rtol=2e-4)
 
 
-def test_s7_claims_use_non_diverged_runs_only():
+def _s7_metrics(ntk, standard):
     rows = []
-    for par, accs, div in (("ntk", [0.5, 0.9, 0.1], [0, 0, 1]), ("standard", [0.5, 0.88, 0.99], [0, 0, 1])):
-        for lr, a, d in zip([0.1, 1.0, 10.0], accs, div):
+    for par, curve in (("ntk", ntk), ("standard", standard)):
+        for lr, (acc, div) in zip([0.25, 1.0, 4.0, 16.0], curve):
             rows.append(dict(dataset="mnist", activation="relu", loss="xent", parameterization=par, lr=lr,
-                             accuracy=a, diverged=d, value=a))
-    cfg = OmegaConf.create({"claims": {"best_gap": {"mnist": 0.03}}})
-    (claim,) = S7.claims(pd.DataFrame(rows), cfg)
-    assert abs(claim.value - 0.02) < 1e-12 and claim.status == "PASS"
+                             accuracy=acc, diverged=div, n_test=1000, value=acc))
+    return pd.DataFrame(rows)
+
+
+def test_s7_claims_compare_lr_by_lr_and_the_divergence_boundary():
+    cfg = OmegaConf.create({"claims": {"max_gap_se": 3.5, "boundary_steps": 1,
+                                       "min_best_accuracy": {"mnist": 0.85}}})
+    ntk = [(0.80, 0), (0.95, 0), (0.96, 0), (0.10, 1)]
+    near = [(0.78, 0), (0.93, 0), (0.97, 0), (0.10, 1)]        # the same curve, within one grid step
+    gap, bound, learns = S7.claims(_s7_metrics(ntk, near), cfg)
+    assert [c.status for c in (gap, bound, learns)] == ["PASS"] * 3
+    assert abs(gap.value - 0.01 / np.sqrt(2 * 0.97 * 0.03 / 1000)) < 1e-9 and bound.value == 0
+    assert gap.kind == bound.kind == "paper" and gap.cite and learns.kind == "check"
+    shifted = [(0.95, 0), (0.10, 1), (0.10, 1), (0.10, 1)]     # eta_std too large by two grid steps
+    gap, bound, _ = S7.claims(_s7_metrics(ntk, shifted), cfg)
+    assert gap.status == bound.status == "FAIL" and bound.value == 2
+
+
+def test_s7_mutation_drops_the_1_over_n_of_eta_std():
+    cfg = OmegaConf.create({"width": 256, "mutation": None})
+    assert S7.lr_scale(cfg, "ntk") == 1.0 and S7.lr_scale(cfg, "standard") == 1.0 / 256
+    cfg.mutation = "eta_std_without_1_over_n"
+    assert S7.lr_scale(cfg, "standard") == 1.0 and "eta_std_without_1_over_n" in S7.MUTATIONS

@@ -153,3 +153,56 @@ def test_divergence_is_recorded_not_raised():
                     record_at=[0], stop=_stop(1e-6))
     assert res.diverged and not np.isfinite(res.losses[-1])
     assert not res.losses[-1] <= 1e-6 * res.losses[0]  # not converged
+
+
+# ----------------------------------------------------------------------------------------------
+# sweep points and the deliberate mistakes of tests/test_mutations.py
+
+
+def _figure(fid, scale="smoke"):
+    from ntkrepro import plan
+
+    _, run_cfg, module = plan.compose(fid, scale)
+    return run_cfg, module
+
+
+@pytest.mark.parametrize("fid,keys,n", [("liu-1", ("width", "trial", "output"), 2 * 2 * 3),
+                                        ("liu-2", ("bottleneck_width", "trial"), 2),
+                                        ("liu-t1", ("cls", "width"), 3 * 2)])
+def test_points_are_the_sweep_units(fid, keys, n):
+    cfg, module = _figure(fid)
+    pts = module.points(cfg)
+    assert len(pts) == n and all(tuple(p) == keys for p in pts)
+    assert len({tuple(p.values()) for p in pts}) == n
+
+
+def test_standard_parameterization_mutation_is_the_same_function_at_init():
+    """The liu-t1 mutation re-expresses w_0 in the standard parameterization: same outputs, but the
+    gradient (and the tangent kernel) no longer Theta(1) in the width."""
+    from experiments import liu_hessian
+
+    x, _ = _task()
+    cfg = OmegaConf.create({"seed": 0, "mutation": "standard_parameterization"})
+    spec = _spec(out_dim=1, width=(9, 3, 9), depth=3)
+    f = OutputModel(spec, "linear")
+    f_std, p_std = liu_hessian._initial(cfg, f, (9, 3), x, jnp.float64)
+    _, p_ntk = liu_hessian._initial(OmegaConf.create({"seed": 0}), f, (9, 3), x, jnp.float64)
+    assert f_std.spec.parameterization == "standard"
+    np.testing.assert_allclose(f_std(p_std, x), f(p_ntk, x), rtol=1e-12)
+    assert not np.allclose(tangent_kernel(f_std.spec, p_std, x), tangent_kernel(spec, p_ntk, x))
+
+
+def test_no_output_jacobian_mutation_measures_the_kernel_of_f():
+    from experiments import liu_linearity
+
+    x, t = _task()
+    spec = _spec(width=32, w_var=0.25, b_var=0.025)
+    p0 = spec.init_normal(np.random.default_rng([0, 32]), x)
+    kf0 = tangent_kernel(spec, p0, x)
+    cfg = OmegaConf.create({"lr": 1.5, "tol": 1e-6, "steps": 300, "kernel_points": 5})
+    right, _ = fit_and_track(spec, p0, x, t, "softmax", cfg, kf0)
+    wrong, _ = fit_and_track(spec, p0, x, t, "softmax", OmegaConf.merge(cfg, {"mutation": "no_output_jacobian"}),
+                             kf0)
+    assert [r["loss"] for r in right] == [r["loss"] for r in wrong]      # the same training ...
+    assert max(r["delta_k"] for r in wrong) < 0.5 * max(r["delta_k"] for r in right)  # ... measured as f's
+    assert set(liu_linearity.MUTATIONS) == {"no_output_jacobian", "no_bottleneck"}
