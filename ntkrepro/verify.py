@@ -49,7 +49,8 @@ def run_one(fid: str, scale: str, seed: int, overrides: list[str], runs_root: Pa
     t0 = time.time()
     cmd = [sys.executable, "-m", "ntkrepro", f"figure={fid}", f"scale={scale}", f"seed={seed}",
            *[o for o in overrides if not o.startswith("out_root=")], f"out_root={runs_root}"]
-    proc = subprocess.run(cmd)
+    proc = subprocess.Popen(cmd)
+    proc.wait()
     found = [(p, r) for p, r in runstate.find(runs_root / fid / scale) if r.get("pid") == proc.pid]
     claims = []
     if found and (found[-1][0] / "claims.json").is_file():
