@@ -14,9 +14,17 @@ Gaussian of Sec. 5:
 loss scale, `loss_scale="mean"` matches the paper's cost).  The kernels Sigma^(4), Theta^(4) come
 (i) from the analytic limit and (ii), as in the paper, from one network of width `ref_width`
 (readout-feature Gram `mlp_nngp`, NTK `mlp_ntk`, float64).
+
+Sweep points (`points`): the limiting band first ({"part": "limit"}: the analytic band, the width-
+`ref_width` network's band and the training points), then (width, init), width-major.  A point's
+network is drawn from (seed, width, init) only (the reference network: init -1).  `MUTATIONS`:
+deliberate mistakes, for tests/test_mutations.py only.
 """
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -24,12 +32,15 @@ from scipy.stats import norm
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import models, plotting, precision, tasks
+from ntkrepro import costs, models, plotting, precision, tasks
 from ntkrepro.dynamics import ntk_gp_mean_cov
 from ntkrepro.empirical import mlp_nngp
 from ntkrepro.train import Trainer, fit
 
 PERCENTILES = (10, 50, 90)
+CITE = "Jacot et al. 2018, Sec. 6.2 and Fig. 2 caption"
+MUTATIONS = {"cov_from_ntk": "the limiting Gaussian's covariance (Sec. 5) computed from the NTK Theta in "
+                             "place of the NNGP kernel Sigma (the mean is right)"}
 
 
 def limit_rows(source, width, k, theta, y, gammas, lr) -> pd.DataFrame:
@@ -42,34 +53,77 @@ def limit_rows(source, width, k, theta, y, gammas, lr) -> pd.DataFrame:
                              width=width, init=-1, gamma=np.tile(gammas, 2), value=np.r_[mean[0, :, 0], std]))
 
 
-def run(cfg) -> pd.DataFrame:
-    task = tasks.load(cfg.task, cfg.data, seed=cfg.seed, name="circle")  # train points, then the grid
+def points(cfg) -> list[dict]:
+    """The limiting band, then one point per (width, init), width-major."""
+    return [{"part": "limit"}] + [{"part": "network", "width": int(w), "init": i}
+                                  for w in cfg.widths for i in range(int(cfg.ensemble))]
+
+
+def point_key(seed: int, width: int, init: int):
+    """The random key of a network: from the seed, its width and init only (reference network: init -1)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(int(seed)), int(width)), int(init) + 1)
+
+
+def limit(cfg, task) -> list[pd.DataFrame]:
+    """The training points and the limiting band from the analytic kernels and from one width-
+    `ref_width` network's kernels (float64, as the paper)."""
     gammas, y_tr, lr = task.labels_test, task.y_train, float(cfg.lr)
+    wrong = cfg.get("mutation") == "cov_from_ntk"
     x_all = jnp.asarray(np.concatenate([task.x_train, task.x_test]), jnp.float64)
     ana = models.from_config(cfg).analytic(x_all)
-    frames = [pd.DataFrame(dict(quantity="train_point", source="data", width=np.nan, init=-1,
-                                gamma=task.labels_train, value=y_tr[:, 0])),
-              limit_rows("analytic", np.nan, ana.nngp, ana.ntk, y_tr, gammas, lr)]
-    keys = iter(models.key_chain(cfg.seed, 1 + int(cfg.ensemble) * len(cfg.widths)))
     ref = models.from_config(cfg, width=cfg.ref_width)
-    p = ref.init(next(keys), x_all)
-    frames.append(limit_rows("empirical", int(cfg.ref_width), mlp_nngp(ref.module, p, x_all),
-                             ref.empirical_ntk(p, x_all), y_tr, gammas, lr))
-    del p  # the reference network's float64 parameters (1.6 GB at width 10^4)
+    p = ref.init(point_key(cfg.seed, cfg.ref_width, -1), x_all)
+    theta = ref.empirical_ntk(p, x_all)
+    return [pd.DataFrame(dict(quantity="train_point", source="data", width=np.nan, init=-1,
+                              gamma=task.labels_train, value=y_tr[:, 0])),
+            limit_rows("analytic", np.nan, ana.ntk if wrong else ana.nngp, ana.ntk, y_tr, gammas, lr),
+            limit_rows("empirical", int(cfg.ref_width), theta if wrong else mlp_nngp(ref.module, p, x_all),
+                       theta, y_tr, gammas, lr)]
+
+
+@functools.lru_cache(maxsize=None)
+def _trainer(spec: models.ModelSpec, lr: float) -> Trainer:
+    return Trainer(spec.apply, lr=lr)  # one per width: `fit` compiles once
+
+
+def network(cfg, task, width: int, init: int) -> list[pd.DataFrame]:
+    """Train one network; its function on the grid and its initial and final cost."""
     dt = precision.train_dtype(cfg)
-    x_tr, y_t, x_grid = (jnp.asarray(a, dt) for a in (task.x_train, y_tr, task.x_test))
-    for width in tqdm([int(w) for w in cfg.widths], desc=cfg.id, disable=None):
-        spec = models.from_config(cfg, width=width)
-        trainer = Trainer(spec.apply, lr=lr)  # one per width: `fit` compiles once
-        for init in range(int(cfg.ensemble)):
-            result = fit(trainer, spec.init(next(keys), x_tr), x_tr, y_t, steps=int(cfg.steps), record_at=[0])
-            f, f_tr = (np.asarray(spec.apply(result.state.variable, a), float) for a in (x_grid, x_tr))
-            common = dict(source="network", width=width, init=init)
-            frames.append(pd.DataFrame(dict(quantity="f", gamma=gammas, value=f[:, 0], **common)))
-            frames.append(pd.DataFrame(dict(
-                quantity=["train_loss_initial", "train_loss_final"], gamma=np.nan,
-                value=[result.losses[0], 0.5 * np.mean((f_tr - y_tr) ** 2)], **common)))
+    x_tr, y_t, x_grid = (jnp.asarray(a, dt) for a in (task.x_train, task.y_train, task.x_test))
+    spec = models.from_config(cfg, width=width)
+    result = fit(_trainer(spec, float(cfg.lr)), spec.init(point_key(cfg.seed, width, init), x_tr), x_tr, y_t,
+                 steps=int(cfg.steps), record_at=[0])
+    f, f_tr = (np.asarray(spec.apply(result.state.variable, a), float) for a in (x_grid, x_tr))
+    common = dict(source="network", width=width, init=init)
+    return [pd.DataFrame(dict(quantity="f", gamma=task.labels_test, value=f[:, 0], **common)),
+            pd.DataFrame(dict(quantity=["train_loss_initial", "train_loss_final"], gamma=np.nan,
+                              value=[result.losses[0], 0.5 * np.mean((f_tr - task.y_train) ** 2)], **common))]
+
+
+def run(cfg, subset=None) -> pd.DataFrame:
+    task = tasks.load(cfg.task, cfg.data, seed=cfg.seed, name="circle")  # train points, then the grid
+    frames = []
+    for p in tqdm(points(cfg) if subset is None else subset, desc=cfg.id, disable=None):
+        frames += limit(cfg, task) if p["part"] == "limit" else network(cfg, task, p["width"], p["init"])
     return pd.concat(frames, ignore_index=True)
+
+
+def cost(cfg, point) -> list[costs.Cost]:
+    """The band: analytic kernels and one width-`ref_width` network's NNGP and NTK (float64) on the
+    training points and the grid; a network: `steps` full-batch GD steps and its function."""
+    shapes = tasks.shapes(cfg.task)
+    n_all = shapes["x_train"][0] + shapes["x_test"][0]
+    if point["part"] == "limit":
+        x = jax.ShapeDtypeStruct((n_all, 2), jnp.float64)
+        ref = models.from_config(cfg, width=cfg.ref_width)
+        params = jax.eval_shape(lambda k, u: ref.init(k, u), jax.random.PRNGKey(0), x)
+        return [costs.analyse("analytic kernels", lambda u: models.from_config(cfg).analytic(u), x),
+                costs.analyse(f"n={cfg.ref_width} kernels", lambda q, u: (mlp_nngp(ref.module, q, u),
+                                                                           ref.empirical_ntk(q, u)), params, x)]
+    spec, dt = models.from_config(cfg, width=point["width"]), precision.train_dtype(cfg)
+    name = f"n={point['width']} init={point['init']}"
+    return costs.training(name, _trainer(spec, float(cfg.lr)), spec, shapes["x_train"], shapes["y_train"],
+                          int(cfg.steps), dtype=dt, record_points=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,6 +152,11 @@ def distance_to_band(metrics, width, source="analytic") -> float:
     return float(np.mean(diffs) / band["std"].mean())
 
 
+def std_ratio(metrics, width) -> float:
+    f = C.select(metrics, "f", width=width).pivot(index="gamma", columns="init", values="value")
+    return float(f.to_numpy().std(axis=1, ddof=1).mean() / gp_band(metrics, "analytic")["std"].mean())
+
+
 def _widths(metrics) -> list[int]:
     return sorted(int(w) for w in metrics[metrics.quantity == "f"].width.unique())
 
@@ -109,19 +168,25 @@ def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
     out = [C.below(f"The limiting band from one width-{int(cfg.ref_width)} network's kernels (as in the "
                    "paper) matches the analytic Theta_inf, Sigma band",
                    "max_gamma,p |P_p(empirical kernels) - P_p(analytic)| / max_gamma std(analytic)",
-                   float(band_gap), tol.ref_band_max),
+                   float(band_gap), tol.ref_band_max, kind="check"),
            C.below(f"The networks are near convergence after {int(cfg.steps)} steps",
                    "largest final cost 1/2 mean (f - f*)^2 over all networks",
-                   float(C.select(metrics, "train_loss_final").value.max()), tol.final_loss_max)]
+                   float(C.select(metrics, "train_loss_final").value.max()), tol.final_loss_max, kind="check")]
     dist = {w: distance_to_band(metrics, w) for w in widths}
-    out += [C.below(f"The trained ensemble (n={w}) falls near the limiting t->inf band",
+    out += [C.in_range(f"The variance of the trained ensemble (n={w}) is close to that of the limiting "
+                       "distribution", "mean_gamma std over inits of f / mean_gamma std of the analytic limit",
+                       std_ratio(metrics, w), *tol.std_ratio, cite=CITE) for w in widths]
+    out += [C.below(f"The trained ensemble (n={w}) falls near the limiting t->inf band: mean and variance "
+                    "close to the limiting distribution's",
                     "mean |P_p(ensemble) - P_p(analytic limit)| / mean std, p in {10, 50, 90}",
-                    dist[w], tol.distance_max) for w in widths]
+                    dist[w], tol.distance_max, cite=CITE) for w in widths]
     if len(widths) > 1:
         size = int(C.select(metrics, "f").init.nunique())
         claim = C.below(f"The wider ensemble (n={widths[-1]}) is closer to the band than n={widths[0]}",
                         f"distance(n wide) / distance(n narrow), {size} inits per width",
-                        dist[widths[-1]] / dist[widths[0]], tol.closer_ratio_max)
+                        dist[widths[-1]] / dist[widths[0]], tol.closer_ratio_max,
+                        cite="Jacot et al. 2018, Sec. 5 and Thm. 2 (the n -> inf limit); Sec. 6.2 says only "
+                             "'very similar for both widths'")
         out += C.finalize([claim], size >= int(tol.closer_min_ensemble), (
             f"{size} inits cannot resolve it: the percentiles of {size} draws scatter by ~0.4 limiting std, "
             f"the width effect is ~0.1; needs >= {tol.closer_min_ensemble} (figure.paper.ensemble=100)"))

@@ -12,8 +12,16 @@ f* = f_theta(0) + 0.5 f^(2).  Every `record_every` steps (an observer of `train.
 is split into g_t = <f_t - f*, f^(2)>_pin f^(2) and h_t (orthogonal to f^(2)); in the infinite-width
 limit ||g_t||_pin = 0.5 exp(-lambda_2 t) and h_t = 0.  Kernels are float64; training runs in
 `train_dtype` (float32 by default).
+
+Sweep points (`points`): the kernel PCA first ({"part": "pca"}: panel a, eigenvalues), then
+(width, trial), width-major.  A network is drawn from (seed, width, trial) only; every job that trains
+networks computes the 2nd component of the training digits from the PCA network (drawn from the seed
+alone), so each point's rows do not depend on the other points.  `MUTATIONS`: deliberate mistakes,
+for tests/test_mutations.py only.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +30,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import models, plotting, precision, tasks
+from ntkrepro import costs, models, plotting, precision, tasks
 from ntkrepro.train import Trainer, fit
+
+CITE = "Jacot et al. 2018, Sec. 6.3 and Fig. 3 captions"
+MUTATIONS = {"pi_without_1_over_n": "the kernel PCA operator taken as the Gram matrix Theta instead of "
+                                    "Pi = Theta / N (Sec. 5): eigenvalues N times too large, so the theory "
+                                    "curve 0.5 exp(-lambda_2 t) decays N times too fast"}
 
 
 @jax.jit
@@ -35,23 +48,42 @@ def decompose(f, y, f2):
     return jnp.stack([jnp.abs(coef), jnp.sqrt(jnp.mean(h * h))])
 
 
-def principal_components(gram: np.ndarray, k: int = 3):
+def principal_components(gram: np.ndarray, k: int = 3, mutation=None):
     """Top-k eigenpairs of Pi = Gram / N: eigenvalues, and components with ||f||_pin = 1."""
     n = len(gram)
-    lam, v = np.linalg.eigh(0.5 * (gram + gram.T) / n)
+    lam, v = np.linalg.eigh(0.5 * (gram + gram.T) / (1 if mutation == "pi_without_1_over_n" else n))
     lam, v = lam[::-1][:k], v[:, ::-1][:, :k]
     f = v * np.sqrt(n)
     f *= np.sign(f[np.argmax(np.abs(f), axis=0), np.arange(k)])  # largest entry positive
     return lam, f
 
 
-def pca_rows(cfg, task, key, n_train: int):
-    """Panel (a) on the batch, and the 2nd component on the first n_train digits (the training set)."""
-    pca, x64 = models.from_config(cfg, width=cfg.pca_width), jnp.asarray(task.x_train, jnp.float64)
-    gram = np.asarray(pca.empirical_ntk(pca.init(key, x64), x64))
-    lam, comps = principal_components(gram)
-    lam_tr, comps_tr = principal_components(gram[:n_train, :n_train])  # = (lam, comps) when n_train = N
-    lam_inf, _ = principal_components(np.asarray(pca.analytic(x64).ntk))
+def points(cfg) -> list[dict]:
+    """The kernel PCA, then one point per (width, trial), width-major."""
+    return [{"part": "pca"}] + [{"part": "network", "width": int(w), "trial": t}
+                                for w in cfg.widths for t in range(int(cfg.trials))]
+
+
+def point_key(seed: int, width: int, trial: int):
+    """The random key of a network: from the seed, its width and trial only (the PCA network: trial -1)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(int(seed)), int(width)), int(trial) + 1)
+
+
+def pca_gram(cfg, x) -> np.ndarray:
+    """The NTK Gram of the width-`pca_width` PCA network on the digits x (float64)."""
+    pca, x64 = models.from_config(cfg, width=cfg.pca_width), jnp.asarray(x, jnp.float64)
+    return np.asarray(pca.empirical_ntk(pca.init(point_key(cfg.seed, cfg.pca_width, -1), x64), x64))
+
+
+def pca_rows(cfg, task, gram):
+    """Panel (a) and the eigenvalues (the PCA network's, of the analytic limit, the paper's, and the
+    PCA network's on the training digits, the theory curve's lambda_2)."""
+    mut, n_train = cfg.get("mutation"), int(cfg.n_train)
+    lam, comps = principal_components(gram, mutation=mut)
+    lam_tr, _ = principal_components(gram[:n_train, :n_train], mutation=mut)
+    pca = models.from_config(cfg, width=cfg.pca_width)
+    lam_inf, _ = principal_components(np.asarray(pca.analytic(jnp.asarray(task.x_train, jnp.float64)).ntk),
+                                      mutation=mut)
     eig = (("network", cfg.pca_width, lam), ("analytic", np.nan, lam_inf),
            ("paper", 10000, cfg.paper_eigenvalues), ("network_train_batch", cfg.pca_width, lam_tr))
     frames = [pd.DataFrame(dict(quantity="eigenvalue", source=src, width=w, rank=np.arange(1, len(v) + 1),
@@ -61,29 +93,60 @@ def pca_rows(cfg, task, key, n_train: int):
     frames.append(pd.DataFrame(dict(quantity="pc", source="network", point=np.arange(len(comps)),
                                     digit=task.labels_train.astype(int), pc1=comps[:, 0], pc2=comps[:, 1],
                                     pc3=comps[:, 2], value=comps[:, 1])))
-    return frames, comps_tr[:, 1]
+    return frames
 
 
-def run(cfg) -> pd.DataFrame:
+@functools.lru_cache(maxsize=None)
+def _trainer(spec: models.ModelSpec, lr: float) -> Trainer:
+    return Trainer(spec.apply, lr=lr)  # one per width: `fit` compiles once
+
+
+def trajectory(cfg, x, f2, width: int, trial: int) -> pd.DataFrame:
+    """Train towards f* = f_theta(0) + 0.5 f^(2); ||g_t||, ||h_t|| every `record_every` steps."""
+    steps, every = int(cfg.steps), int(cfg.record_every)
+    spec = models.from_config(cfg, width=width)
+    trainer, params0 = _trainer(spec, float(cfg.lr)), spec.init(point_key(cfg.seed, width, trial), x)
+    y = spec.apply(params0, x) + 0.5 * f2[:, None]
+    result = fit(trainer, params0, x, y, steps=steps, record_at=range(0, steps + 1, every),
+                 observe=lambda s, state: np.asarray(decompose(trainer.predict(state, x), y, f2), float),
+                 track_loss=False)
+    at = [i for i, s in enumerate(result.steps) if s % every == 0]  # (`fit` also records at `steps`)
+    return pd.DataFrame(dict(quantity=np.tile(["g_norm", "h_norm"], len(at)), source="network", width=width,
+                             trial=trial, step=np.repeat(np.asarray(result.steps)[at], 2),
+                             value=np.ravel(np.asarray(result.records)[at])))
+
+
+def run(cfg, subset=None) -> pd.DataFrame:
     batch = tasks.load(cfg.task, cfg.data, seed=cfg.seed, name="mnist")  # the N digits of panel (a)
-    train = tasks.subset(batch, int(cfg.n_train))                         # its first n_train: (b, c)
-    jobs = [(int(w), t) for w in cfg.widths for t in range(int(cfg.trials))]
-    keys = models.key_chain(cfg.seed, 1 + len(jobs))  # the PCA network, then the trained ones
-    frames, f2 = pca_rows(cfg, batch, keys[0], train.n_train)
-    dt, steps, every = precision.train_dtype(cfg), int(cfg.steps), int(cfg.record_every)
-    x, f2 = jnp.asarray(train.x_train, dt), jnp.asarray(f2, dt)
-    for key, (width, trial) in zip(keys[1:], tqdm(jobs, desc=cfg.id, disable=None)):
-        spec = models.from_config(cfg, width=width)
-        trainer, params0 = Trainer(spec.apply, lr=float(cfg.lr)), spec.init(key, x)
-        y = spec.apply(params0, x) + 0.5 * f2[:, None]  # f* = f_theta(0) + 0.5 f^(2)
-        result = fit(trainer, params0, x, y, steps=steps, record_at=range(0, steps + 1, every),
-                     observe=lambda s, state: np.asarray(decompose(trainer.predict(state, x), y, f2), float),
-                     track_loss=False)
-        at = [i for i, s in enumerate(result.steps) if s % every == 0]  # (`fit` also records at `steps`)
-        frames.append(pd.DataFrame(dict(
-            quantity=np.tile(["g_norm", "h_norm"], len(at)), source="network", width=width, trial=trial,
-            step=np.repeat(np.asarray(result.steps)[at], 2), value=np.ravel(np.asarray(result.records)[at]))))
+    todo, n_train = points(cfg) if subset is None else list(subset), int(cfg.n_train)
+    gram = pca_gram(cfg, batch.x_train) if {"part": "pca"} in todo else None
+    frames = pca_rows(cfg, batch, gram) if gram is not None else []
+    nets = [p for p in todo if p["part"] == "network"]
+    if nets:  # the 2nd component on the first n_train digits (the training set)
+        sub = gram[:n_train, :n_train] if gram is not None else pca_gram(cfg, batch.x_train[:n_train])
+        dt = precision.train_dtype(cfg)
+        x, f2 = jnp.asarray(batch.x_train[:n_train], dt), jnp.asarray(principal_components(sub)[1][:, 1], dt)
+    for p in tqdm(nets, desc=cfg.id, disable=None):
+        frames.append(trajectory(cfg, x, f2, p["width"], p["trial"]))
     return pd.concat(frames, ignore_index=True)
+
+
+def cost(cfg, point) -> list[costs.Cost]:
+    """The PCA: the width-`pca_width` network's NTK Gram of the N digits and the analytic one (float64;
+    a job of networks only recomputes the Gram of the n_train training digits, not counted); a network:
+    `steps` full-batch GD steps and the decomposition at every recording point."""
+    shapes = tasks.shapes(cfg.task)
+    if point["part"] == "pca":
+        x = jax.ShapeDtypeStruct(shapes["x_train"], jnp.float64)
+        pca = models.from_config(cfg, width=cfg.pca_width)
+        params = jax.eval_shape(lambda k, u: pca.init(k, u), jax.random.PRNGKey(0), x)
+        return [costs.analyse(f"NTK Gram n={cfg.pca_width}", pca.empirical_ntk, params, x),
+                costs.analyse("analytic NTK", lambda u: pca.analytic(u).ntk, x)]
+    spec, dt, n = models.from_config(cfg, width=point["width"]), precision.train_dtype(cfg), int(cfg.n_train)
+    x_shape, y_shape = (n, *shapes["x_train"][1:]), (n, 1)
+    return costs.training(f"n={point['width']} trial={point['trial']}", _trainer(spec, float(cfg.lr)),
+                          spec, x_shape, y_shape, int(cfg.steps), dtype=dt,
+                          record_points=int(cfg.steps) // int(cfg.record_every) + 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,32 +180,32 @@ def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
     n_eig = len(C.select(metrics, "pc"))
     cos1 = float(C.select(metrics, "constant_cosine").value.iloc[0])
     out = [C.above("The non-centred kernel PCA's first component is almost the constant function",
-                   "|<f(1), 1>_pin| (both of unit norm)", cos1, tol.constant_cosine_min),
+                   "|<f(1), 1>_pin| (both of unit norm)", cos1, tol.constant_cosine_min, cite=CITE),
            C.above("Large gap between the first and second eigenvalues (paper: 0.0457 / 0.00108 = 42)",
-                   "lambda_1 / lambda_2", lam[0] / lam[1], tol.gap_min)]
+                   "lambda_1 / lambda_2", lam[0] / lam[1], tol.gap_min, cite=f"{CITE}; footnote 3")]
     out += [C.in_range(f"lambda_{i + 1} = {lam[i]:.3g} (N={n_eig}) vs the paper's {paper[i]:g} (depth and "
                        "input scale not stated: chosen as the ones whose analytic kernel gives these values, "
                        "see the config)", f"lambda_{i + 1}(ours) / lambda_{i + 1}(paper)", lam[i] / paper[i],
-                       *tol.eigenvalue_ratio) for i in range(min(3, len(lam)))]
+                       *tol.eigenvalue_ratio, kind="check") for i in range(min(3, len(lam)))]
     h, g = (C.select(metrics, q).groupby("width").value.mean() for q in ("h_norm", "g_norm"))
     dev, widths = g_deviation(metrics), sorted(h.index)
     lo, hi = int(widths[0]), int(widths[-1])
     out.append(C.below(f"||h_t|| is smaller for wider networks (n={hi} vs n={lo})",
                        "mean over t and trials of ||h_t||_pin, ratio wide / narrow", float(h[hi] / h[lo]),
-                       tol.h_ratio_max))
+                       tol.h_ratio_max, cite=CITE))
     if len(widths) > 2:
         out.append(C.in_range("||h_t|| decreases with every increase of the width",
                               "fraction of consecutive width pairs whose mean ||h_t|| decreases",
-                              float(np.mean(np.diff(h[widths].to_numpy()) < 0)), 1.0, 1.0))
+                              float(np.mean(np.diff(h[widths].to_numpy()) < 0)), 1.0, 1.0, cite=CITE))
         out.append(C.in_range("As the width grows, ||g_t|| converges to the theoretical limit",
                               "fraction of consecutive width pairs whose max |g_t - theory| decreases",
-                              float(np.mean(np.diff(dev[widths].to_numpy()) < 0)), 1.0, 1.0))
+                              float(np.mean(np.diff(dev[widths].to_numpy()) < 0)), 1.0, 1.0, cite=CITE))
     out.append(C.below(f"Smaller networks converge faster (NTK inflation): n={lo} vs n={hi}",
                        "mean over t and trials of ||g_t||, ratio narrow / wide", float(g[lo] / g[hi]),
-                       tol.faster_ratio_max))
+                       tol.faster_ratio_max, cite=CITE))
     out.append(C.below(f"||g_t|| of the widest network (n={hi}) tracks 0.5 exp(-lambda_2 t)",
                        "max over t and trials | ||g_t|| - 0.5 exp(-lambda_2 t) | / 0.5", float(dev[hi]),
-                       tol.g_deviation_max))
+                       tol.g_deviation_max, cite=CITE))
     return out
 
 

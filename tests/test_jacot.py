@@ -78,7 +78,7 @@ def test_fit_is_gradient_descent_on_the_mean_cost():
 
 
 def test_key_chain_batched_inits_equal_inits_drawn_one_after_another():
-    """jacot-1/-2 draw each width's ensemble in one vmapped init from a slice of `models.key_chain`."""
+    """`models.key_chain` (the core helper the figures used before their keys came from (seed, point))."""
     x = jnp.ones((3, 2))
     spec = _spec(8)
     key, draws = jax.random.PRNGKey(0), []
@@ -155,3 +155,29 @@ def test_task_point_orders():
     np.testing.assert_allclose(g, [-2.5, -1.0, 0.4, 1.9])
     np.testing.assert_allclose(task.y_train[:, 0], task.x_train[:, 0] * task.x_train[:, 1])
     assert len(task.x_test) == 181
+
+
+@pytest.mark.parametrize("fid", ["jacot-1", "jacot-2", "jacot-3"])
+def test_points_cover_the_sweep_and_keys_depend_on_the_point_only(fid):
+    """Issue 15: the sweep points of each figure; a network's key is a function of (seed, point)."""
+    from ntkrepro.runner import load_experiment
+
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        fig = compose("config", overrides=[f"figure={fid}"]).figure
+    cfg = OmegaConf.merge(fig.paper, fig.smoke)
+    module = load_experiment(fig.experiment)
+    pts = module.points(cfg)
+    nets = [p for p in pts if p.get("part", "network") == "network"]
+    per_width = int(cfg.get("ensemble", cfg.get("trials", 1)))
+    assert len(nets) == len(cfg.widths) * per_width and len(pts) >= 2
+    assert [p["width"] for p in nets] == sorted(p["width"] for p in nets)   # width-major
+    assert module.MUTATIONS
+
+
+def test_pi_without_1_over_n_scales_the_eigenvalues_by_n():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((12, 12))
+    lam, f = principal_components(a @ a.T)
+    lam_m, f_m = principal_components(a @ a.T, mutation="pi_without_1_over_n")
+    np.testing.assert_allclose(lam_m, 12 * lam, rtol=1e-12)
+    np.testing.assert_allclose(np.abs(f_m), np.abs(f), atol=1e-10)
