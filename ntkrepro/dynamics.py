@@ -376,6 +376,21 @@ def momentum_mse(theta_train, f0_train, y, *, lr, momentum, steps, theta_test_tr
     return _assemble(prob, c, g, test)
 
 
+def outputs_mse(theta_train, f0_train, y, *, lr, times, dynamics="flow", momentum=0.0,
+                theta_test_train=None, f0_test=None, loss_scale="total") -> Trajectory:
+    """Linearized outputs under the MSE dynamics named like `weights_mse`'s: ``"flow"``
+    (`gradient_flow_mse`, times t), ``"gd"`` (`gradient_descent_mse`) or ``"momentum"``
+    (`momentum_mse`; `times` are then step counts)."""
+    kw = dict(theta_test_train=theta_test_train, f0_test=f0_test, loss_scale=loss_scale)
+    if dynamics == "flow":
+        return gradient_flow_mse(theta_train, f0_train, y, lr=lr, times=times, **kw)
+    if dynamics == "gd":
+        return gradient_descent_mse(theta_train, f0_train, y, lr=lr, steps=times, **kw)
+    if dynamics == "momentum":
+        return momentum_mse(theta_train, f0_train, y, lr=lr, momentum=momentum, steps=times, **kw)
+    raise ConfigError(f"dynamics must be 'flow', 'gd' or 'momentum', got '{dynamics}'")
+
+
 # ----------------------------------------------------------------------------------------------
 # MSE: weights
 

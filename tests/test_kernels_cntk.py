@@ -369,3 +369,32 @@ def test_equals_neural_tangents_up_to_its_input_scaling(batch, pooling, depth):
     if pooling == "flatten":
         # rtol 1e-7: neural-tangents' own float64 NTK carries ~1e-8 relative rounding at depth 6
         np.testing.assert_allclose(np.asarray(ntk), scale * np.asarray(ref.ntk), rtol=1e-7)
+
+
+# ----------------------------------------------------------------------------------------------
+# All depths in one pass
+
+
+@pytest.mark.parametrize("pooling", ["flatten", "gap"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_all_depths_in_one_pass_equal_separate_calls(batch, pooling, symmetric):
+    """depth=[...] reads every depth out of ONE recursion (the depth-d kernel is the deepest
+    recursion stopped after layer d - 1): equal to separate calls, NNGP included, any order."""
+    x, y = batch
+    x2 = None if symmetric else y
+    depths = [6, 2, 3, 4]
+    ntk, nngp = cntk(x, x2, depth=depths, pooling=pooling, return_nngp=True)
+    assert list(ntk) == depths and list(nngp) == depths
+    for d in depths:
+        k, g = cntk(x, x2, depth=d, pooling=pooling, return_nngp=True)
+        np.testing.assert_allclose(np.asarray(ntk[d]), np.asarray(k), rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(np.asarray(nngp[d]), np.asarray(g), rtol=1e-12, atol=1e-300)
+    only = cntk(x, x2, depth=(4, 4), pooling=pooling)  # repeated depths: computed once
+    assert list(only) == [4]
+    np.testing.assert_allclose(np.asarray(only[4]), np.asarray(ntk[4]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("depth", [[], [3, 1], [3, 2.5], (True,)])
+def test_bad_depth_lists_raise(depth):
+    with pytest.raises(ConfigError, match="depth"):
+        cntk(np.ones((2, 3, 3, 1)), depth=depth)

@@ -275,3 +275,50 @@ def test_bench_case_builds_and_both_steps_start_from_the_same_loss():
     assert b.case == 7 and b.checks == [("ratio", 1, 0, case_wrn.GOAL_RATIO)]
     net, lin = (float(impl.fn()) for impl in b.impls)
     np.testing.assert_allclose(lin, net, rtol=1e-6)       # f_lin = f at theta_0
+
+
+# ---------------------------------------------------------------------------------------------- scale-out, mutations
+
+
+def test_points_are_the_two_models_and_the_compared_points_come_from_the_seed():
+    from experiments import lee_wrn
+
+    cfg = _settings("smoke")
+    assert lee_wrn.points(cfg) == [{"model": "network"}, {"model": "linearized"}]
+    labels = np.arange(40)
+    sets = {"train": (None, None, labels), "test": (None, None, labels[:16])}
+    a, b = lee_wrn.compared(cfg, sets), lee_wrn.compared(cfg, sets)
+    assert all(np.array_equal(a[s], b[s]) for s in sets) and len(a["train"]) == cfg.n_compare
+    assert len(set(a["train"].tolist())) == cfg.n_compare
+
+
+def test_agreement_is_rmse_over_points_and_units_relative_to_the_network_spread():
+    import pandas as pd
+
+    from experiments import lee_wrn
+
+    rng = np.random.default_rng(0)
+    f, g = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    rows = [dict(quantity="output", model=m, split="test", step=7, index=i, unit=c, value=float(v[i, c]))
+            for m, v in (("network", f), ("linearized", g)) for i in range(5) for c in range(3)]
+    agree = lee_wrn.agreement(pd.DataFrame(rows[::-1]))      # order of the rows does not matter
+    (row,) = agree.to_dict("records")
+    np.testing.assert_allclose(row["rmse"], np.sqrt(np.mean((f - g) ** 2)), rtol=1e-12)
+    np.testing.assert_allclose(row["rel_rmse"], row["rmse"] / np.std(f), rtol=1e-12)
+
+
+def test_mutations_change_the_expansion_point_or_the_linearization_learning_rate():
+    from experiments import lee_wrn
+
+    cfg = _settings("smoke")
+    spec = lee_wrn.model_spec(cfg, 3)
+    x = _x(2, dtype=jnp.float32)
+    same = [lee_wrn.initial_params(cfg, spec, m, x, jnp.float32) for m in lee_wrn.MODELS]
+    assert all(np.array_equal(a, b) for a, b in zip(*map(jax.tree_util.tree_leaves, same)))
+    bad = OmegaConf.merge(cfg, {"mutation": "expansion_redrawn"})
+    moved = lee_wrn.initial_params(bad, spec, "linearized", x, jnp.float32)
+    assert not np.allclose(jax.tree_util.tree_leaves(moved)[0], jax.tree_util.tree_leaves(same[0])[0])
+    assert lee_wrn.trainer(cfg, spec, "linearized").lr == lee_wrn.trainer(cfg, spec, "network").lr
+    slow = lee_wrn.trainer(OmegaConf.merge(cfg, {"mutation": "lin_lr"}), spec, "linearized")
+    assert slow.linearized and slow.lr == cfg.lr / 10
+    assert set(lee_wrn.MUTATIONS) == {"expansion_redrawn", "lin_lr"}

@@ -22,7 +22,8 @@ def parse_args(argv=None):
     size.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run, < 1 min)")
     size.add_argument("--full", action="store_true",
                       help="larger GAP CNTK: 4 x 4 kernel instead of 2 x 2")
-    p.add_argument("--cases", default="1,2,3,4", help="comma-separated case numbers (1-4)")
+    p.add_argument("--cases", default=",".join(map(str, sorted(cases_mod.CASES))),
+                   help=f"comma-separated case numbers ({', '.join(map(str, sorted(cases_mod.CASES)))})")
     p.add_argument("--reps", type=int, default=None, help="timed rounds (default 3; quick 1)")
     p.add_argument("--budget-s", type=float, default=8.0,
                    help="stop repeating an implementation once its timed calls exceed this")
@@ -39,9 +40,9 @@ def parse_args(argv=None):
     try:
         args.case_list = sorted({int(c) for c in args.cases.split(",") if c.strip()})
     except ValueError:
-        p.error(f"--cases must be comma-separated numbers 1-4, got {args.cases!r}")
-    if not args.case_list or any(c not in cases_mod.GOALS for c in args.case_list):
-        p.error(f"--cases must list numbers among 1-4, got {args.cases!r}")
+        p.error(f"--cases must be comma-separated case numbers, got {args.cases!r}")
+    if not args.case_list or any(c not in cases_mod.CASES for c in args.case_list):
+        p.error(f"--cases must list numbers among {sorted(cases_mod.CASES)}, got {args.cases!r}")
     args.size = "quick" if args.quick else ("full" if args.full else "default")
     args.measure_memory = args.memory or not (args.no_memory or args.quick)
     if args.reps is None:

@@ -7,6 +7,10 @@ values are compared (1 except for the CNTK, see `case4`).
 
 Sizes: "quick" (tiny, for CI), "default" (the sizes of the brief: GAP CNTK 2 x 2, vanilla CNTK
 200 x 200), "full" (GAP CNTK 4 x 4; everything else as default).
+
+Registry: every case is a `Case` in `CASES` (number -> its benchmark ids, builder, goal, dtype
+policy), added with `register`; `bench_ids`, `build`, `needs_x64`, `GOALS` and `GOAL_TEXT` read it,
+so a new case is one builder function and one `register(Case(...))` call.
 """
 from __future__ import annotations
 
@@ -19,8 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 
 SIZES = ("quick", "default", "full")
-GOALS = {1: 10.0, 2: 1.0, 3: 1.0, 4: 1.5}  # required speed-up: NT's best time / ours
-GOAL_TEXT = {1: ">= 10x faster", 2: "at least as fast", 3: "at least as fast", 4: ">= 1.5x faster"}
 
 
 @dataclasses.dataclass
@@ -41,6 +43,12 @@ class Bench:
     impls: list[Impl]
     notes: list[str] = dataclasses.field(default_factory=list)
     flops: float | None = None  # arithmetic of the cheapest known exact method (roofline floor)
+    # named lower bounds (seconds) on impl 0's work, measured in the worker: (name, fn() -> s)
+    floors: list[tuple[str, Callable[[], float]]] = dataclasses.field(default_factory=list)
+    # goals judged on this machine's timings: ("floor", impl, floor name, max time / floor or None
+    # for information only) or ("ratio", impl a, impl b, max time[a] / time[b])
+    checks: list[tuple] = dataclasses.field(default_factory=list)
+    extra: Callable[[], dict] | None = None  # further measurements (e.g. accuracies), in raw.json
 
     @property
     def goal(self) -> float:
@@ -275,38 +283,55 @@ def case4(which: str, size: str) -> Bench:
 
 
 # ------------------------------------------------------------------------------ registry
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A numbered benchmark case: its benchmark ids, how to build one, its goal against nt."""
+    number: int
+    ids: tuple[str, ...]
+    build: Callable[[str, str], Bench]        # (bench id, size) -> Bench
+    goal: float                               # required speed-up: nt's best time / ours
+    goal_text: str
+    float32_ids: tuple[str, ...] = ()         # run without jax_enable_x64 (see `needs_x64`)
+
+
+CASES: dict[int, Case] = {}
+GOALS: dict[int, float] = {}
+GOAL_TEXT: dict[int, str] = {}
+
+
+def register(case: Case) -> None:
+    CASES[case.number] = case
+    GOALS[case.number] = case.goal
+    GOAL_TEXT[case.number] = case.goal_text
+
+
+register(Case(1, ("1-f32", "1-f64"), lambda b, size: case1("float" + b[3:], size), 10.0,
+              ">= 10x faster", float32_ids=("1-f32",)))
+register(Case(2, ("2",), lambda b, size: case2(size), 1.0, "at least as fast", float32_ids=("2",)))
+register(Case(3, ("3",), lambda b, size: case3(size), 1.0, "at least as fast"))
+register(Case(4, tuple(f"4-{k}" for k in CASE4), lambda b, size: case4(b[2:], size), 1.5,
+              ">= 1.5x faster"))
+
+
 def bench_ids(cases, size: str) -> list[str]:
-    ids = []
-    for c in cases:
-        if c == 1:
-            ids += ["1-f32", "1-f64"]
-        elif c == 2:
-            ids += ["2"]
-        elif c == 3:
-            ids += ["3"]
-        elif c == 4:
-            ids += [f"4-{k}" for k in CASE4]
-    return ids
+    return [b for c in cases for b in CASES[c].ids]
+
+
+def _case_of(bench_id: str) -> Case:
+    for case in CASES.values():
+        if bench_id in case.ids:
+            return case
+    raise ValueError(f"unknown benchmark {bench_id!r}")
 
 
 def needs_x64(bench_id: str) -> bool:
     """float64 benchmarks run with jax_enable_x64; float32 ones without (JAX's default), since
     under x64 stax's Conv promotes float32 activations to float64 (numpy-scalar normaliser)."""
-    return bench_id not in ("1-f32", "2")
+    return bench_id not in _case_of(bench_id).float32_ids
 
 
 def build(bench_id: str, size: str) -> Bench:
-    if bench_id == "1-f32":
-        return case1("float32", size)
-    if bench_id == "1-f64":
-        return case1("float64", size)
-    if bench_id == "2":
-        return case2(size)
-    if bench_id == "3":
-        return case3(size)
-    if bench_id.startswith("4-"):
-        return case4(bench_id[2:], size)
-    raise ValueError(f"unknown benchmark {bench_id!r}")
+    return _case_of(bench_id).build(bench_id, size)
 
 
 def relative_differences(value, reference):
@@ -321,3 +346,9 @@ def relative_differences(value, reference):
         elem = np.where(denom > 0, diff / denom, np.where(diff > 0, np.inf, 0.0))
     scale = float(np.max(denom)) if denom.size else 0.0
     return float(np.max(elem)), float(np.max(diff) / scale) if scale > 0 else float("nan")
+
+
+from ntkrepro.bench import arora as _arora  # noqa: E402,F401  (registers cases 5 and 6)
+from ntkrepro.bench import case_wrn as _case_wrn  # noqa: E402  (case 7: linearized WRN step)
+
+_case_wrn.register()

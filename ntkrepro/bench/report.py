@@ -113,6 +113,11 @@ def rows_from_results(results: list[dict], memory: dict) -> list[dict]:
                     row["ratio_nt_over_ours"] = m["best_s"] / ours[1]["best_s"]
                 row["rel_diff_elem"] = m.get("rel_diff_elem")
                 row["rel_diff_norm"] = m.get("rel_diff_norm")
+            if m["side"] == "ours" and "best_s" in m and res.get("checks"):
+                checks = check_results(res)
+                judged = [c["met"] for c in checks if c["met"] is not None]
+                row["goal"] = "; ".join(c["text"] for c in checks)
+                row["goal_met"] = "yes" if judged and all(judged) else "no"
             if m["side"] == "ours" and "best_s" in m and nt_best:
                 row["implementation"] = m["name"]
                 row["ratio_nt_over_ours"] = nt_best[1]["best_s"] / m["best_s"]
@@ -126,6 +131,36 @@ def rows_from_results(results: list[dict], memory: dict) -> list[dict]:
                                floor_s=floor, max_ratio=nt_best[1]["best_s"] / floor)
             rows.append(row)
     return rows
+
+
+def check_results(res: dict) -> list[dict]:
+    """The goals of `res["checks"]` judged on this run's timings: [{text, met: True/False/None}]."""
+    impls, floors, out = res.get("impls", []), res.get("floors", {}), []
+    for check in res.get("checks", []):
+        if check[0] == "floor":
+            _, i, name, goal = check
+            t, floor = impls[i].get("best_s") if i < len(impls) else None, floors.get(name)
+            if t is None or not floor:
+                out.append({"text": f"{name} floor: not measured", "met": None if goal is None else False})
+                continue
+            ratio = t / floor
+            text = (f"{name} floor {_fmt_time(floor)} ({floor * 1e3 / res['n_entries']:.3g} ms/entry): "
+                    f"ours / floor = {ratio:.2f}")
+            met = None if goal is None else ratio <= goal
+            out.append({"text": text + ("" if goal is None else f" (goal <= {goal:g}: "
+                                        f"{'yes' if met else 'no'})"), "met": met})
+        elif check[0] == "ratio":
+            _, a, b, goal = check
+            ta, tb = (impls[k].get("best_s") if k < len(impls) else None for k in (a, b))
+            if ta is None or tb is None:
+                out.append({"text": "ratio: not measured", "met": False})
+                continue
+            diff = res.get("ratio_rel_diff", {}).get(f"{a}/{b}")
+            met = ta / tb <= goal
+            out.append({"text": f"{impls[a]['name']} / {impls[b]['name']} = {ta / tb:.3f} (goal <= "
+                                f"{goal:g}: {'yes' if met else 'no'}; values differ by "
+                                f"{diff if diff is not None else float('nan'):.1e})", "met": met})
+    return out
 
 
 def write_csv(path, rows):
@@ -147,7 +182,7 @@ def markdown_table(rows) -> str:
                          f"| {'no' if r.get('side') == 'ours' else ''} |")
             continue
         t = f"{_fmt_time(r['best_s'])} (k={r['reps']})"
-        if r["case"] == 4:
+        if r["case"] in (4, 5):
             t += f", {r['ms_per_entry']:.3g} ms/entry"
         ratio = r.get("ratio_nt_over_ours")
         ratio_s = "—" if ratio is None else f"{ratio:.2f}x"
@@ -214,4 +249,8 @@ def markdown(rows, results, info, *, args_text, size, started, load_start, load_
             out.append(f"- **{res.get('id')}**: failed: {res.get('error')}")
             continue
         out.append(f"- **{res['id']}** {res['title']}. " + " ".join(res["notes"]))
+        for c in check_results(res):
+            out.append(f"  - {c['text']}")
+        if "extra" in res:
+            out.append(f"  - measured: `{res['extra']}`")
     return "\n".join(out) + "\n"

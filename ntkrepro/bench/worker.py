@@ -97,6 +97,10 @@ def run_timing(bench_id: str, size: str, reps: int, budget_s: float) -> dict:
     if bench.flops:
         res["flops"] = bench.flops
         res["matmul_flop_s"] = matmul_rate(bench.dtype)
+    if bench.floors:
+        res["floors"] = {name: float(fn()) for name, fn in bench.floors}
+    if bench.checks:
+        res["checks"] = [list(c) for c in bench.checks]
     values, first, errors = {}, {}, {}
     for i, impl in enumerate(bench.impls):
         try:
@@ -129,6 +133,15 @@ def run_timing(bench_id: str, size: str, reps: int, budget_s: float) -> dict:
                 row["rel_diff_elem"], row["rel_diff_norm"] = relative_differences(
                     values[ours][0], ref)
         res["impls"].append(row)
+    for check in bench.checks:  # the two values of a ratio check must agree (same kernel)
+        if check[0] == "ratio" and check[1] in values and check[2] in values:
+            res.setdefault("ratio_rel_diff", {})[f"{check[1]}/{check[2]}"] = relative_differences(
+                values[check[1]][0], values[check[2]][0])[1]
+    if bench.extra is not None:
+        try:
+            res["extra"] = bench.extra()
+        except Exception as err:  # noqa: BLE001 - a failed extra measurement is a result
+            res["extra"] = {"error": f"{type(err).__name__}: {err}"[:500]}
     return res
 
 

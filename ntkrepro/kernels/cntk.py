@@ -58,6 +58,11 @@ over the middle layers, so compile time does not grow with depth) in cache:
   displacements p' - p never mix, so a column group is an independent problem.
 XLA's arccos costs ~10-30 ns per element on CPU, so pi - arccos is evaluated as pi/2 + arcsin with
 fdlibm's rational approximation (< 1 ulp); the trace over D is a separable 3-tap window sum.
+
+All depths in one pass: Sigma(h) and Theta(h) do not depend on the network's depth, so the kernel of
+every depth d in `depth=[...]` is the deepest recursion read out after layer d - 1 (K(L), Kdot(L)
+at that layer serve both the readout and the next layer): a list of depths costs about what its
+deepest entry costs (`_recursion`).
 """
 from __future__ import annotations
 
@@ -128,15 +133,17 @@ def _pair_maps(w: int, c: int):
             valid)
 
 
-def _box_unit(t, h: int):
-    """tr([T]_D_{p,p'}) on a column group (..., c, H, H+1, W) = [Cj, i, i' (+ guard i' = H), Rj]:
-    along (i, i') the diagonal shift is a flat shift by H+2 of the row-major (i, i') index (guard
-    entries separate rows, as for j above), so a dilated 3-tap window sum; along Rj a plain 3-tap
-    sum.  Guard entries of the result are garbage; callers give them zero weight (the factors of
-    x' vanish there)."""
+def _box_unit(t, h: int, pairs_last: bool = True):
+    """tr([T]_D_{p,p'}) on a unit (..., H, H+1, W, g) = [.., i, i' (+ guard i' = H), Rj, pair]
+    (the g pairs of a unit on the last, vectorised axis; without it when not `pairs_last`): along
+    (i, i') the diagonal shift is a flat shift by H+2 of the row-major (i, i') index (guard entries
+    separate rows, as for j above), so a dilated 3-tap window sum; along Rj a plain 3-tap sum.
+    Guard entries of the result are garbage; callers give them zero weight (the factors of x'
+    vanish there)."""
+    k = int(pairs_last)
     shape = t.shape
-    t3 = t.reshape(shape[:-3] + (h * (h + 1), shape[-1]))
-    t3 = _window_sum(_window_sum(t3, t3.ndim - 2, h + 2), t3.ndim - 1, 1)
+    t3 = t.reshape(shape[:t.ndim - 3 - k] + (h * (h + 1),) + shape[t.ndim - 1 - k:])
+    t3 = _window_sum(_window_sum(t3, t3.ndim - 2 - k, h + 2), t3.ndim - 1 - k, 1)
     return t3.reshape(shape)
 
 
@@ -209,49 +216,65 @@ _diagonals = jax.jit(_image_diagonals, static_argnames=("n_layers",))
 # The recursions (Section 4 steps 1-4; Appendix H steps 1-4)
 
 
-def _recursion(sigma0, theta0, fx, fy, box):
-    """Runs Sigma(h), Theta(h) for h = 1..L-1 and returns (K(L), Kdot(L), Theta(L-1)).
+def _recursion(sigma0, theta0, fx, fy, box, readout, stops):
+    """Runs Sigma(h), Theta(h) layer by layer and reads the kernel out after each L in `stops`.
 
     sigma0, theta0: Sigma(0)(x, x') and Theta(0) in the caller's layout;  fx = (r1, n1) and
-    fy = (r2, n2, m2): per-layer factors of x and x' (leading axis h = 0..L-1, the rest
-    broadcastable to the layout; m2 is a 0/1 mask on Kdot or None);  box: the trace over D.
+    fy = (r2, n2, m2): per-layer factors of x and x' (leading axis h = 0..max(stops)-1, the rest
+    broadcastable to the layout; m2 is a 0/1 mask on Kdot or None);  box: the trace over D;
+    readout(K(L), Kdot(L), Theta(L-1)) -> the outputs of a network with L convolution layers.
     Per layer (step 2):  K, Kdot from Lambda(h);  Sigma(h) = tr([K]_D);
-    Theta(h) = tr([Kdot . Theta(h-1) + K]_D).
+    Theta(h) = tr([Kdot . Theta(h-1) + K]_D).  Every depth's recursion is the deepest one's
+    stopped early (Sigma(h), Theta(h) do not depend on L), so one pass serves all `stops`
+    (sorted, distinct, >= 1): the layers between two stops run as one lax.scan, and K(L), Kdot(L)
+    at a stop serve both its readout and the next layer.  Returns one readout per stop.
     """
     def expectations(sig, r1, n1, r2, n2, m2=None):
         return _relu_expectations(sig, r1, r2, n1, n2, m2)
 
+    def advance(carry, k, kdot):
+        return box(k), box(kdot * carry[1] + k)
+
     def layer(carry, f):
-        sig, th = carry
-        k, kdot = expectations(sig, *f)
-        return (box(k), box(kdot * th + k)), None
+        k, kdot = expectations(carry[0], *f)
+        return advance(carry, k, kdot), None
 
     f_all = tuple(t for t in fx + fy if t is not None)
-    carry = (sigma0, theta0)
-    if fx[0].shape[0] > 1:
-        carry, _ = lax.scan(layer, carry, tuple(t[:-1] for t in f_all))
-    k, kdot = expectations(carry[0], *(t[-1] for t in f_all))  # K(L), Kdot(L)
-    return k, kdot, carry[1]
+    carry, done, outs = (sigma0, theta0), 0, []
+    for n_conv in stops:
+        if n_conv - 1 > done:  # layers done+1 .. n_conv-1
+            carry, _ = lax.scan(layer, carry, tuple(t[done:n_conv - 1] for t in f_all))
+        k, kdot = expectations(carry[0], *(t[n_conv - 1] for t in f_all))  # K(L), Kdot(L)
+        outs.append(readout(k, kdot, carry[1]))
+        if n_conv != stops[-1]:
+            carry = advance(carry, k, kdot)  # layer L of the deeper networks
+        done = n_conv
+    return outs
 
 
-@partial(jax.jit, static_argnames=("c",))
-def _gap_pairs(x1, x2, d1, d2, ii, jj, *, c: int):
+@partial(jax.jit, static_argnames=("c", "g", "stops", "nngp"))
+def _gap_pairs(x1, x2, d1, d2, ii, jj, *, c: int, g: int, stops: tuple, nngp: bool):
     """Global-average-pooling CNTK and NNGP (Appendix H) for the B pairs (x1[ii[b]], x2[jj[b]]).
 
     x1, x2: (N1|N2, H, W, C);  d1, d2: (L, N1|N2, H, W) diagonals;  ii, jj: (B,) int32.
     Sigma(x, x')[p, p'] lives in the layout [Cj, i, i', Rj] (guard column i' = H, skewed (j, j'):
     see `_pair_maps`, `_box_unit`).  Displacements are independent, so the work is split into
-    units = (pair b, group of c columns Cj), each of shape (c, H, H+1, W), run one after another
-    (lax.map) with the whole layer recursion of a unit in cache.
-    Returns two (B,) arrays: 1/(PQ)^2 sum_{p,p'} Theta(L) and 1/(PQ)^2 sum_{p,p'} K(L).
+    units = (g pairs, group of c columns Cj), each of shape (c, H, H+1, W, g), run one after
+    another (lax.map) with the whole layer recursion of a unit in cache.  The pair axis is last
+    (vectorised): for small images a unit holds many pairs (8 x 8 images: W = 8 alone would give
+    2-vector inner loops); B % g == 0.
+    Returns two (S, B) arrays, one row per L in `stops`: 1/(PQ)^2 sum_{p,p'} Theta(L) and
+    1/(PQ)^2 sum_{p,p'} K(L) (zeros unless `nngp`).
     """
     _, h, w, n_ch = x1.shape
     jmap, jpmap, valid = (jnp.asarray(a) for a in _pair_maps(w, c))
     n_units = jmap.shape[0] // c
-    box = partial(_box_unit, h=h)
+    box = partial(_box_unit, h=h, pairs_last=g > 1)  # g = 1 (large images): no pair axis
 
     def unit(idx):
-        b, u = idx // n_units, idx % n_units
+        grp, u = idx // n_units, idx % n_units
+        pi = lax.dynamic_slice_in_dim(ii, grp * g, g, 0)
+        pj = lax.dynamic_slice_in_dim(jj, grp * g, g, 0)
         jm = lax.dynamic_slice_in_dim(jmap, u * c, c, 0)  # (c, W): j at [Cj, Rj]
         jpm = lax.dynamic_slice_in_dim(jpmap, u * c, c, 0)  # j'
         vm = lax.dynamic_slice_in_dim(valid, u * c, c, 0).astype(x1.dtype)
@@ -264,32 +287,48 @@ def _gap_pairs(x1, x2, d1, d2, ii, jj, *, c: int):
             t = jnp.pad(t, [(0, 0)] * (t.ndim - 2) + [(0, 1), (0, 0)])
             return t[..., :, None, :, :]
 
-        xa = x_side(jnp.moveaxis(x1[ii[b]], -1, 0))  # (C, c, H, 1, W)
-        xb = y_side(jnp.moveaxis(x2[jj[b]], -1, 0))  # (C, c, 1, H+1, W)
+        def last(t):  # pair axis (1) -> last, or dropped when g = 1
+            return jnp.moveaxis(t, 1, -1) if g > 1 else t[:, 0]
+
+        xa = x_side(jnp.moveaxis(x1[pi], -1, 0))  # (C, g, c, H, 1, W)
+        xb = y_side(jnp.moveaxis(x2[pj], -1, 0))  # (C, g, c, 1, H+1, W)
         s0 = xa[0] * xb[0]  # x (x) x' summed over channels (unrolled: C is small)
         for ch in range(1, n_ch):
             s0 = s0 + xa[ch] * xb[ch]
-        sigma0 = box(s0)  # Sigma(0)
-        da, db = d1[:, ii[b]], d2[:, jj[b]]  # (L, H, W)
-        fx = (x_side(_safe_rsqrt(da)), x_side(jnp.sqrt(da)))
-        fy = (y_side(_safe_rsqrt(db)), y_side(jnp.sqrt(db)), y_side(jnp.ones_like(db)))
-        # step 1: Theta(0) = 0 (first layer not trained)
-        k, kdot, theta = _recursion(sigma0, jnp.zeros_like(sigma0), fx, fy, box)
+        sigma0 = box(jnp.moveaxis(s0, 0, -1) if g > 1 else s0[0])  # Sigma(0), (c, H, H+1, W, g)
+        da, db = d1[:, pi], d2[:, pj]  # (L, g, H, W)
+        fx = (last(x_side(_safe_rsqrt(da))), last(x_side(jnp.sqrt(da))))
+        fy = (last(y_side(_safe_rsqrt(db))), last(y_side(jnp.sqrt(db))),
+              last(y_side(jnp.ones_like(db))))
+        axes = tuple(range(sigma0.ndim - 1)) if g > 1 else None
+
         # step 3: Theta(L) = Kdot(L) . Theta(L-1) (no K(L): last layer not trained)
-        return jnp.sum(kdot * theta), jnp.sum(k)
+        def readout(k, kdot, theta):
+            return (jnp.sum(kdot * theta, axis=axes).reshape(g),
+                    jnp.sum(k, axis=axes).reshape(g) if nngp else None)
 
-    ntk, nngp = lax.map(unit, jnp.arange(ii.shape[0] * n_units))
+        # step 1: Theta(0) = 0 (first layer not trained)
+        outs = _recursion(sigma0, jnp.zeros_like(sigma0), fx, fy, box, readout, stops)
+        return (jnp.stack([o[0] for o in outs]),
+                jnp.stack([o[1] for o in outs]) if nngp else jnp.zeros((len(stops), g), x1.dtype))
+
+    ntk, nn = lax.map(unit, jnp.arange(ii.shape[0] // g * n_units))  # (B/g n_units, S, g) each
     norm = (h * w) ** 2  # step 4: mean over all (p, p')
-    return (ntk.reshape(-1, n_units).sum(axis=1) / norm,
-            nngp.reshape(-1, n_units).sum(axis=1) / norm)
+
+    def per_pair(t):  # -> (S, B)
+        t = t.reshape(-1, n_units, len(stops), g).sum(axis=1)
+        return jnp.moveaxis(t, 1, 0).reshape(len(stops), -1) / norm
+
+    return per_pair(ntk), per_pair(nn)
 
 
-def _flatten_tile(xa, xb, fx, fy):
+def _flatten_tile(xa, xb, fx, fy, stops, nngp):
     """Vanilla CNTK and NNGP (Section 4) for the tile xa (r, H, W, C) x xb (s, H, W, C).
 
     fx = (r1, n1): (L, H, W, r, 1), fy = (r2, n2): (L, H, W, 1, s) per-layer factors.  Layout
     (H, W, r, s) holding Sigma(x, x')[p, p] only: by the same-offset structure of the trace, the
-    p = p' entries form a closed recursion.  Returns two (r, s) arrays: tr(Theta(L)), tr(K(L)).
+    p = p' entries form a closed recursion.  Returns two (S, r, s) arrays, one row per L in
+    `stops`: tr(Theta(L)), tr(K(L)) (zeros unless `nngp`).
     """
     box = partial(_box_pixels, axes=(-4, -3))
     xa_t = jnp.transpose(xa, (3, 1, 2, 0))[..., :, None]  # (C, H, W, r, 1)
@@ -298,9 +337,12 @@ def _flatten_tile(xa, xb, fx, fy):
     for c in range(1, xa.shape[-1]):
         s0 = s0 + xa_t[c] * xb_t[c]
     sigma0 = box(s0)  # Sigma(0)[p, p]
-    k, kdot, theta = _recursion(sigma0, sigma0, fx, fy + (None,), box)  # step 1: Theta(0)=Sigma(0)
-    # step 3: Theta(L) = Kdot(L) . Theta(L-1) + K(L); step 4: trace over p.
-    return jnp.sum(kdot * theta + k, axis=(0, 1)), jnp.sum(k, axis=(0, 1))
+    def readout(k, kdot, theta):  # step 3: Theta(L) = Kdot(L) . Theta(L-1) + K(L); step 4: trace
+        return jnp.sum(kdot * theta + k, axis=(0, 1)), (jnp.sum(k, axis=(0, 1)) if nngp else None)
+
+    outs = _recursion(sigma0, sigma0, fx, fy + (None,), box, readout, stops)  # Theta(0) = Sigma(0)
+    ntk = jnp.stack([o[0] for o in outs])
+    return ntk, (jnp.stack([o[1] for o in outs]) if nngp else jnp.zeros_like(ntk))
 
 
 @jax.jit
@@ -313,11 +355,12 @@ def _flatten_factors(d):
     return _safe_rsqrt(t), jnp.sqrt(t)
 
 
-@partial(jax.jit, static_argnames=("r", "s"))
-def _flatten_block(xa, xb, fa, fb, *, r: int, s: int):
+@partial(jax.jit, static_argnames=("r", "s", "stops", "nngp"))
+def _flatten_block(xa, xb, fa, fb, *, r: int, s: int, stops: tuple, nngp: bool):
     """`_flatten_tile` over all (r x s) tiles of the block xa (R, H, W, C) x xb (S, H, W, C)
     (R % r == S % s == 0), one tile after another (lax.map) so each tile's whole layer recursion
-    stays in cache.  fa, fb: `_flatten_factors` of the block's diagonals.  Returns two (R, S)."""
+    stays in cache.  fa, fb: `_flatten_factors` of the block's diagonals.  Returns two
+    (len(stops), R, S)."""
     n_i, n_j = xa.shape[0] // r, xb.shape[0] // s
 
     def tile(idx):
@@ -325,12 +368,14 @@ def _flatten_block(xa, xb, fa, fb, *, r: int, s: int):
         fx = tuple(lax.dynamic_slice_in_dim(t, i * r, r, 3)[..., None] for t in fa)
         fy = tuple(lax.dynamic_slice_in_dim(t, j * s, s, 3)[..., None, :] for t in fb)
         return _flatten_tile(lax.dynamic_slice_in_dim(xa, i * r, r, 0),
-                             lax.dynamic_slice_in_dim(xb, j * s, s, 0), fx, fy)
+                             lax.dynamic_slice_in_dim(xb, j * s, s, 0), fx, fy, stops, nngp)
 
     parts = lax.map(tile, jnp.arange(n_i * n_j))
+    n_s = len(stops)
 
-    def untile(t):  # (n_i n_j, r, s) -> (R, S)
-        return t.reshape(n_i, n_j, r, s).transpose(0, 2, 1, 3).reshape(n_i * r, n_j * s)
+    def untile(t):  # (n_i n_j, S, r, s) -> (S, R, S)
+        return (t.reshape(n_i, n_j, n_s, r, s).transpose(2, 0, 3, 1, 4)
+                .reshape(n_s, n_i * r, n_j * s))
 
     return untile(parts[0]), untile(parts[1])
 
@@ -352,24 +397,40 @@ def _is_int(v):
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def cntk(x1, x2=None, *, depth: int, pooling: str = "flatten", dtype=jnp.float64,
+def _depths(depth) -> tuple[int, ...]:
+    """The requested depths, validated: one int, or a non-empty sequence of them (each >= 2)."""
+    many = isinstance(depth, (list, tuple, np.ndarray)) or (
+        hasattr(depth, "__iter__") and not isinstance(depth, (str, bytes)))
+    values = list(depth) if many else [depth]
+    if not values:
+        raise ConfigError("depth is an empty list; give at least one depth >= 2 (e.g. [3, 4, 6, 11, 21])")
+    for d in values:
+        if not _is_int(d) or d < 2:
+            raise ConfigError(f"depth must be an integer >= 2 (conv layers + final layer, as in "
+                              f"Arora et al. Table 1), got {d!r}")
+    return tuple(int(d) for d in values)
+
+
+def cntk(x1, x2=None, *, depth, pooling: str = "flatten", dtype=jnp.float64,
          return_nngp: bool = False, batch_size: int | None = None):
     """Exact CNTK of Arora et al. 2019 between image sets x1 (N1, H, W, C) and x2 (N2, H, W, C).
 
-    depth: conv layers + final layer (Table 1), >= 2.  pooling: "flatten" (vanilla CNN, Section 4)
-    or "gap" (global average pooling, first and last layers fixed, Appendix H; with depth = 2 no
-    layer is trained and the CNTK is identically 0).  dtype: computation dtype (float64 needs
-    jax_enable_x64, otherwise JAX's canonical float32 is used).  batch_size: image pairs per
-    jitted call (default: about 2^22 pair-pixel entries, i.e. 4 pairs of 32x32 images for gap and
-    4096 for flatten); memory stays bounded by the cache-sized tiles either way.
+    depth: conv layers + final layer (Table 1), >= 2; or a list of depths, all computed in ONE pass
+    of the recursion (the depth-d kernel is the deepest recursion read out after layer d - 1, so
+    the list costs about what its deepest entry costs) and returned as a dict {depth: (N1, N2)}.
+    pooling: "flatten" (vanilla CNN, Section 4) or "gap" (global average pooling, first and last
+    layers fixed, Appendix H; with depth = 2 no layer is trained and the CNTK is identically 0).
+    dtype: computation dtype (float64 needs jax_enable_x64, otherwise JAX's canonical float32 is
+    used).  batch_size: image pairs per jitted call (default: about 2^22 pair-pixel entries, i.e. 4
+    pairs of 32x32 images for gap and 4096 for flatten); memory stays bounded by the cache-sized
+    tiles either way.
 
     Returns the (N1, N2) CNTK, or (cntk, nngp) with `return_nngp`; nngp is the output covariance
-    E[f(x) f(x')] at initialisation (flatten: tr(K(L)); gap: mean of K(L) over (p, p')).
+    E[f(x) f(x')] at initialisation (flatten: tr(K(L)); gap: mean of K(L) over (p, p')).  With a
+    list of depths each of these is a dict {depth: (N1, N2)}.
     x2 = None means x2 = x1 (then only i <= j is computed and mirrored).
     """
-    if not _is_int(depth) or depth < 2:
-        raise ConfigError(f"depth must be an integer >= 2 (conv layers + final layer, as in "
-                          f"Arora et al. Table 1), got {depth!r}")
+    depths = _depths(depth)
     if not isinstance(pooling, str) or pooling not in POOLINGS:
         raise ConfigError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
@@ -391,41 +452,48 @@ def cntk(x1, x2=None, *, depth: int, pooling: str = "flatten", dtype=jnp.float64
         raise ConfigError(f"x1 and x2 must share (H, W, C); got {tuple(x1.shape[1:])} and "
                           f"{tuple(x2.shape[1:])}")
 
-    n_conv = depth - 1
+    stops = tuple(sorted({d - 1 for d in depths}))  # convolution layers L of each network
     _, h, w, _ = x1.shape
-    d1 = _diagonals(x1, n_layers=n_conv)
-    d2 = d1 if symmetric else _diagonals(x2, n_layers=n_conv)
+    d1 = _diagonals(x1, n_layers=stops[-1])
+    d2 = d1 if symmetric else _diagonals(x2, n_layers=stops[-1])
     if pooling == "gap":
         if batch_size is None:
             batch_size = max(1, _DEFAULT_ELEMS // (h * w) ** 2)
-        ntk, nngp = _run_gap(x1, x2, d1, d2, symmetric, batch_size)
+        ntk, nngp = _run_gap(x1, x2, d1, d2, symmetric, batch_size, stops, return_nngp)
     else:
         if batch_size is None:
             batch_size = max(1, _DEFAULT_ELEMS // (h * w))
-        ntk, nngp = _run_flatten(x1, x2, d1, d2, symmetric, batch_size)
+        ntk, nngp = _run_flatten(x1, x2, d1, d2, symmetric, batch_size, stops, return_nngp)
+    if isinstance(depth, (int, np.integer)):
+        ntk, nngp = ntk[0], nngp[0]
+    else:
+        ntk, nngp = ({d: t[stops.index(d - 1)] for d in depths} for t in (ntk, nngp))
     return (ntk, nngp) if return_nngp else ntk
 
 
-def _run_gap(x1, x2, d1, d2, symmetric, batch_size):
+def _run_gap(x1, x2, d1, d2, symmetric, batch_size, stops, nngp):
     n1, n2 = x1.shape[0], x2.shape[0]
     if symmetric:
         ii, jj = np.triu_indices(n1)
     else:
         ii, jj = (a.ravel() for a in np.meshgrid(np.arange(n1), np.arange(n2), indexing="ij"))
     n_pairs = ii.size
-    bs = min(batch_size, n_pairs)
+    _, h, w, _ = x1.shape
+    c = max(1, min(w + 2, _TILE_ELEMS // (h * (h + 1) * w)))  # columns per cache-resident unit
+    n_cols = -(-(w + 2) // c) * c
+    g = max(1, min(n_pairs, _TILE_ELEMS // (n_cols * h * (h + 1) * w)))  # pairs per unit
+    bs = g * -(-min(batch_size, n_pairs) // g)
     n_pad = (-n_pairs) % bs
     ii_p = np.concatenate([ii, np.zeros(n_pad, ii.dtype)]).astype(np.int32)
     jj_p = np.concatenate([jj, np.zeros(n_pad, jj.dtype)]).astype(np.int32)
-    _, h, w, _ = x1.shape
-    c = max(1, min(w + 2, _TILE_ELEMS // (h * (h + 1) * w)))  # columns per cache-resident unit
-    parts = [_gap_pairs(x1, x2, d1, d2, ii_p[s:s + bs], jj_p[s:s + bs], c=c)
+    parts = [_gap_pairs(x1, x2, d1, d2, ii_p[s:s + bs], jj_p[s:s + bs], c=c, g=g, stops=stops,
+                        nngp=nngp)
              for s in range(0, n_pairs + n_pad, bs)]
 
-    def assemble(vals):
-        vals = jnp.concatenate(vals)[:n_pairs]
-        out = jnp.zeros((n1, n2), x1.dtype).at[ii, jj].set(vals)
-        return out.at[jj, ii].set(vals) if symmetric else out
+    def assemble(vals):  # [(S, B)] -> (S, N1, N2)
+        vals = jnp.concatenate(vals, axis=1)[:, :n_pairs]
+        out = jnp.zeros((len(stops), n1, n2), x1.dtype).at[:, ii, jj].set(vals)
+        return out.at[:, jj, ii].set(vals) if symmetric else out
 
     return assemble([p[0] for p in parts]), assemble([p[1] for p in parts])
 
@@ -436,7 +504,7 @@ def _balanced(n: int, most: int) -> int:
     return -(-n // -(-n // most))
 
 
-def _run_flatten(x1, x2, d1, d2, symmetric, batch_size):
+def _run_flatten(x1, x2, d1, d2, symmetric, batch_size, stops, want_nngp):
     n1, n2 = x1.shape[0], x2.shape[0]
     hw = x1.shape[1] * x1.shape[2]
     # Tile (r x s pairs, <= _TILE_ELEMS entries): layout (H, W, r, s), so a long s vectorises.
@@ -467,9 +535,14 @@ def _run_flatten(x1, x2, d1, d2, symmetric, batch_size):
             rs, cs = slice(bi * rows, (bi + 1) * rows), slice(bj * cols, (bj + 1) * cols)
             ntk[bi][bj], nngp[bi][bj] = _flatten_block(
                 x1p[rs], x2p[cs], _flatten_factors(d1p[:, rs]), _flatten_factors(d2p[:, cs]),
-                r=r, s=s)
+                r=r, s=s, stops=stops, nngp=want_nngp)
     if symmetric:
         for bi in range(len(ntk)):
             for bj in range(bi):
-                ntk[bi][bj], nngp[bi][bj] = ntk[bj][bi].T, nngp[bj][bi].T
-    return jnp.block(ntk)[:n1, :n2], jnp.block(nngp)[:n1, :n2]
+                ntk[bi][bj], nngp[bi][bj] = (jnp.swapaxes(t[bj][bi], -1, -2) for t in (ntk, nngp))
+
+    def assemble(blocks):  # grid of (S, rows, cols) -> (S, N1, N2)
+        full = jnp.concatenate([jnp.concatenate(row, axis=2) for row in blocks], axis=1)
+        return full[:, :n1, :n2]
+
+    return assemble(ntk), assemble(nngp)
