@@ -32,8 +32,9 @@ def compose(fid: str, scale: str, overrides=()):
     return cfg, run_cfg, load_experiment(run_cfg.experiment)
 
 
-def jobs(fid: str, scale: str, overrides=(), shards: int = 1) -> list[costs.Job]:
-    """The jobs of a run split into `shards` parts, with the cost of every point."""
+def jobs(fid: str, scale: str, overrides=(), shards: int = 1, first_only: bool = False) -> list[costs.Job]:
+    """The jobs of a run split into `shards` parts, with the cost of every point (`first_only`: of
+    each job's first point only, a quick check that the cost model compiles at these settings)."""
     import jax
 
     _, run_cfg, module = compose(fid, scale, overrides)
@@ -45,6 +46,7 @@ def jobs(fid: str, scale: str, overrides=(), shards: int = 1) -> list[costs.Job]
     out = []
     for k in range(shards):
         mine = points if shards == 1 else split.select(points, shards, k, fid)
+        mine = mine[:1] if first_only else mine
         out.append(costs.Job(f"{fid} shard={k}" if shards > 1 else fid,
                              [c for p in mine for c in cost(run_cfg, p)]))
     return out
