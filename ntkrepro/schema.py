@@ -58,6 +58,8 @@ KEY_TYPES = {
     "ode_width": Type(("int",), optional=True, positive=True),        # null: the trained widths
     "batch_size": Type(("int",), optional=True, positive=True),       # null: full batch
     "depth": Type(("int",), optional=True, positive=True),            # lee-4: null, the WRN blocks decide
+    "lr": Type(("float", "int"), optional=True, positive=True),      # lee-s5 panes: null, lr_fraction decides
+    "lr_fraction": Type(("float", "int"), optional=True, positive=True),  # lee-s5: null, a fixed lr
 }
 
 
