@@ -123,3 +123,20 @@ def test_mlp_flop_floor_is_below_what_mlp_ntk_executes():
     cost = cost[0] if isinstance(cost, list) else cost
     floor = mlp_ntk_flops(n, n0, width, depth)
     assert floor <= cost["flops"] <= 2 * floor
+
+
+def test_a_ratio_goal_is_judged_on_the_median_of_round_paired_ratios():
+    """One loaded round (both calls slow) must not decide a ratio goal: the worker times the two
+    implementations round-robin, so each round's ratio shares that round's load."""
+    from ntkrepro.bench.report import check_results
+
+    def res(a_times, b_times):
+        return {"checks": [["ratio", 1, 0, 1.1]], "impls": [
+            {"name": "alone", "best_s": min(b_times), "times_s": b_times},
+            {"name": "one pass", "best_s": min(a_times), "times_s": a_times}]}
+
+    # best / best = 1.0 / 0.8 = 1.25 (the 0.8 from a quiet moment), but every round's ratio is <= 1.05
+    steady = check_results(res([1.0, 1.6, 1.05], [0.96, 1.6, 0.8]))[0]
+    assert steady["met"] and "median of 3 round-paired ratios" in steady["text"]
+    # a real 1.2x slowdown fails whatever the load
+    assert not check_results(res([1.2, 2.4, 1.44], [1.0, 2.0, 1.2]))[0]["met"]
