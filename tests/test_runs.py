@@ -84,10 +84,10 @@ def slow_run(tmp_path):
     proc = start(*SLOW, out_root=tmp_path)
     try:
         deadline = time.time() + 300
-        while not list(tmp_path.rglob("run.json")):
+        while not list(tmp_path.glob("*/*/*/run.json")):  # fixed depth: never walks into folders being written
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
             time.sleep(0.05)
-        (found,) = tmp_path.rglob("run.json")
+        (found,) = tmp_path.glob("*/*/*/run.json")
         yield proc, found.parent
     finally:
         if proc.poll() is None:

@@ -176,8 +176,11 @@ def _start(args, out_root):
 def _wait_for_checkpoint(out_root: Path, proc, timeout=300):
     t0 = time.time()
     while time.time() - t0 < timeout:
-        if list(out_root.rglob("checkpoints/fit-0000/meta.pkl")):
-            return
+        try:  # a fixed-depth glob: rglob would walk into state folders the checkpointer is deleting
+            if list(out_root.glob("*/*/*/checkpoints/fit-0000/meta.pkl")):
+                return
+        except FileNotFoundError:  # a folder vanished between listing and reading it; look again
+            pass
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.2)
     raise AssertionError("no checkpoint was written")
