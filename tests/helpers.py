@@ -46,6 +46,16 @@ def finished_runs(out_root: Path) -> list[Path]:
                    for p in Path(out_root).rglob(pat)})
 
 
+def run_files(out_root: Path, name: str) -> list[Path]:
+    """`<figure>/<scale>/<run>/<name>` under out_root, for polling a live run: a fixed-depth glob never
+    walks into folders the run is writing or deleting (checkpoint states); a folder that vanishes
+    between listing and reading reads as "not yet"."""
+    try:
+        return sorted(Path(out_root).glob(f"*/*/*/{name}"))
+    except FileNotFoundError:
+        return []
+
+
 def run_record(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "run.json").read_text())
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from helpers import cli, make, run_record, start
+from helpers import cli, make, run_files, run_record, start
 from ntkrepro import runner, runs, runstate, timings
 from ntkrepro.errors import DataError
 from ntkrepro.registry import CONF_DIR, figure_ids
@@ -84,10 +84,10 @@ def slow_run(tmp_path):
     proc = start(*SLOW, out_root=tmp_path)
     try:
         deadline = time.time() + 300
-        while not list(tmp_path.glob("*/*/*/run.json")):  # fixed depth: never walks into folders being written
+        while not run_files(tmp_path, "run.json"):
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
             time.sleep(0.05)
-        (found,) = tmp_path.glob("*/*/*/run.json")
+        (found,) = run_files(tmp_path, "run.json")
         yield proc, found.parent
     finally:
         if proc.poll() is None:

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import REPO, cli, compose_in_process, run_in_process
+from helpers import REPO, cli, compose_in_process, run_files, run_in_process
 from smoke_pin import PIN_TOLERANCE, compare, pinned
 
 from ntkrepro import runstate
@@ -176,11 +176,8 @@ def _start(args, out_root):
 def _wait_for_checkpoint(out_root: Path, proc, timeout=300):
     t0 = time.time()
     while time.time() - t0 < timeout:
-        try:  # a fixed-depth glob: rglob would walk into state folders the checkpointer is deleting
-            if list(out_root.glob("*/*/*/checkpoints/fit-0000/meta.pkl")):
-                return
-        except FileNotFoundError:  # a folder vanished between listing and reading it; look again
-            pass
+        if run_files(out_root, "checkpoints/fit-0000/meta.pkl"):
+            return
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.2)
     raise AssertionError("no checkpoint was written")
