@@ -15,6 +15,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from ntkrepro.errors import ConfigError
 from ntkrepro.nets import MLP, layer_coefficients
@@ -234,20 +235,29 @@ def conv_layer_ntk(a1, s1, a2, s2, c_w, c_b, *, filter_shape=(3, 3), trace: bool
     """Block of J J^T of a stride-1, "SAME"-padded 2-D convolution (NHWC inputs, HWIO kernel).
 
     a: layer inputs (N, H, W, C_in);  s: signals (k, N, H, W, C_out).  Forms each example's weight
-    gradient G_i (k, fh * fw * C_in * C_out) by one contraction per filter offset: cost
-    O(N H W fh fw C_in C_out) time and O(N fh fw C_in C_out) memory, then Grams of G (and of the
-    spatially summed signals for the bias).
+    gradient G_i (k, fh * fw * C_in * C_out) -- G_i[dy, dx, c, o] = sum_p a_i[p + (dy, dx)] s_i[p, o],
+    the padded input correlated with the signal -- as one ordinary convolution per example (the
+    input's channels as its batch, the signal as a kernel of H x W; `lax.map` over the examples),
+    then Grams of G (and of the spatially summed signals for the bias).  Cost O(N H W fh fw C_in
+    C_out) time, O(N fh fw C_in C_out) memory.  XLA:CPU runs this convolution at about the forward
+    convolution's rate: on 2 CPU cores (2026-11-30) 1.2-4x faster than one shifted batched matmul per
+    filter offset for 4x4 to 32x32 images, 64-256 channels, float32 and float64 (`make bench` case 6).
     """
     fh, fw = filter_shape
+    dims = ("NHWC", "HWIO", "NHWC")
 
     def grads(a, s):
         k, n, h, w, c_out = s.shape
         ph, pw = (fh - 1) // 2, (fw - 1) // 2  # XLA's SAME padding: low = (f - 1) // 2
-        ap = jnp.pad(a, ((0, 0), (ph, fh - 1 - ph), (pw, fw - 1 - pw), (0, 0)))
         s_n = jnp.moveaxis(s, 0, -2).reshape(n, h, w, k * c_out)  # outputs as extra channels
-        g = [jnp.einsum("nhwc,nhwo->nco", ap[:, dy:dy + h, dx:dx + w], s_n)
-             for dy in range(fh) for dx in range(fw)]
-        g = jnp.stack(g, axis=1).reshape(n, fh * fw * a.shape[-1], k, c_out)
+
+        def one(example):  # (H, W, C_in), (H, W, k C_out) -> (C_in, fh, fw, k C_out)
+            ai, si = example
+            ai = jnp.pad(ai, ((ph, fh - 1 - ph), (pw, fw - 1 - pw), (0, 0)))
+            return lax.conv_general_dilated(jnp.moveaxis(ai, -1, 0)[..., None], si[:, :, None, :],
+                                            (1, 1), "VALID", dimension_numbers=dims)
+
+        g = lax.map(one, (a, s_n)).reshape(n, -1, k, c_out)
         return jnp.moveaxis(g, 2, 0).reshape(k, n, -1)
 
     g1 = grads(a1, s1)
