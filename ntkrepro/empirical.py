@@ -240,8 +240,9 @@ def conv_layer_ntk(a1, s1, a2, s2, c_w, c_b, *, filter_shape=(3, 3), trace: bool
     input's channels as its batch, the signal as a kernel of H x W; `lax.map` over the examples),
     then Grams of G (and of the spatially summed signals for the bias).  Cost O(N H W fh fw C_in
     C_out) time, O(N fh fw C_in C_out) memory.  XLA:CPU runs this convolution at about the forward
-    convolution's rate: on 2 CPU cores (2026-11-30) 1.2-4x faster than one shifted batched matmul per
-    filter offset for 4x4 to 32x32 images, 64-256 channels, float32 and float64 (`make bench` case 6).
+    convolution's rate: on 2 CPU cores (2026-11-30), per layer, 1.2-4x faster than one shifted batched
+    matmul per filter offset for 4x4 to 32x32 images, 64-256 channels, float32 and float64 (the whole
+    network: `make bench` case 6).
     """
     fh, fw = filter_shape
     dims = ("NHWC", "HWIO", "NHWC")
