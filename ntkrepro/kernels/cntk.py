@@ -495,9 +495,10 @@ def _run_gap(x1, x2, d1, d2, symmetric, batch_size, stops, nngp):
     _, h, w, _ = x1.shape
     c = max(1, min(w + 2, _TILE_ELEMS // (h * (h + 1) * w)))  # columns per cache-resident unit
     n_cols = -(-(w + 2) // c) * c
-    g = max(1, min(n_pairs, _TILE_ELEMS // (n_cols * h * (h + 1) * w)))  # pairs per unit
-    if g >= 8:  # the pair axis is the vectorised one: whole SIMD vectors (8x8 images: 22 -> 24 pairs,
-        g = (g + 4) // 8 * 8  # 0.65-0.68 -> 0.52-0.59 ms per depth-21 entry on 2 CPU cores)
+    # pairs per unit; the pair axis is the vectorised one, so whole SIMD vectors of pairs (8x8 images:
+    # 22 -> 24 pairs, 0.65-0.68 -> 0.52-0.59 ms per depth-21 entry on 2 CPU cores), at most n_pairs
+    g = _TILE_ELEMS // (n_cols * h * (h + 1) * w)
+    g = max(1, min(n_pairs, (g + 4) // 8 * 8 if g >= 8 else g))
     bs = g * -(-min(batch_size, n_pairs) // g)
     n_pad = (-n_pairs) % bs
     ii_p = np.concatenate([ii, np.zeros(n_pad, ii.dtype)]).astype(np.int32)
