@@ -275,11 +275,12 @@ def test_blocking_and_transpose_invariance(batch, pooling):
     np.testing.assert_allclose(np.asarray(cntk(y, x, depth=3, pooling=pooling)), ref.T, rtol=1e-12)
     # Small tiles: flatten runs many (r x s) tiles per block with padded images; gap splits the
     # W + 2 = 7 skewed columns into units of c = 1 or c = 3 (7 -> 9: padded, all-invalid columns).
-    old = cntk_mod._TILE_ELEMS
+    name = "_FLAT_TILE_ELEMS" if pooling == "flatten" else "_TILE_ELEMS"
+    old = getattr(cntk_mod, name)
     tiles = (2 * 30,) if pooling == "flatten" else (6 * 7 * 5, 3 * 6 * 7 * 5)
     try:
         for n, tile in enumerate(tiles):
-            cntk_mod._TILE_ELEMS = tile
+            setattr(cntk_mod, name, tile)
             np.testing.assert_allclose(
                 np.asarray(cntk(x, y, depth=3, pooling=pooling, batch_size=3)), ref, rtol=1e-12)
             if n == 0:
@@ -287,7 +288,28 @@ def test_blocking_and_transpose_invariance(batch, pooling):
                     np.asarray(cntk(x, depth=3, pooling=pooling, batch_size=5)),
                     np.asarray(cntk(x, x, depth=3, pooling=pooling)), rtol=1e-12)
     finally:
-        cntk_mod._TILE_ELEMS = old
+        setattr(cntk_mod, name, old)
+
+
+def test_flatten_block_order(batch, monkeypatch):
+    """The flatten blocks run rows-outer or columns-outer, whichever computes fewer per-image
+    factors, each outer block's once (and a diagonal block's once, x2 = None); every order gives
+    the unblocked kernel."""
+    x, y = batch  # 6 x 4 images of 6 x 5 pixels
+    refs = {False: np.asarray(cntk(x, y, depth=4)), True: np.asarray(cntk(x, x, depth=4))}
+    calls = []
+    factors = cntk_mod._flatten_factors
+    monkeypatch.setattr(cntk_mod, "_flatten_factors", lambda d: calls.append(d.shape[1]) or factors(d))
+    monkeypatch.setattr(cntk_mod, "_FLAT_TILE_ELEMS", 2 * 30)  # tiles of 2 pairs
+    # (x, y), batch 4: 6 x 1 blocks of 1 x 4 pairs: the column block's factors once (columns
+    # outer), not 6 times; batch 16: 2 x 1 blocks of 4 x 4 (padded): columns outer again (4 + 8
+    # images, against 8 + 2 x 4 rows outer); x2 = None, batch 4: 3 x 3 blocks of 2 x 2, upper
+    # triangle, rows outer, the diagonal block's factors shared
+    for x2, bs, order in ((y, 4, [4] + [1] * 6), (y, 16, [4, 4, 4]), (None, 4, [2] * 6)):
+        calls.clear()
+        np.testing.assert_allclose(np.asarray(cntk(x, x2, depth=4, batch_size=bs)), refs[x2 is None],
+                                   rtol=1e-12)
+        assert calls == order, (bs, calls)
 
 
 @pytest.mark.parametrize("pooling", ["flatten", "gap"])

@@ -83,10 +83,17 @@ POOLINGS = ("flatten", "gap")
 # Default work per jitted call: about this many (pair x spatial) entries (memory is bounded by
 # the tiles below, so this only sets the dispatch granularity).
 _DEFAULT_ELEMS = 1 << 22
-# Entries per tile (flatten) / unit (gap): small enough that a tile's whole layer recursion stays
-# in cache (2^17 entries was ~3-4x faster per entry than whole 2^21-2^22-entry blocks on a
-# 2-core EPYC; 2^13-2^14 loses to per-op overhead).
+# Entries per unit (gap): small enough that a unit's whole layer recursion stays in cache (2^17
+# entries was ~3-4x faster per entry than whole 2^21-2^22-entry blocks on a 2-core EPYC; 2^13-2^14
+# loses to per-op overhead).
 _TILE_ELEMS = 1 << 17
+# Entries per flatten tile (r x s pairs x H x W), and the tile's vectorised side s: a multiple of 8
+# in 16-40.  Measured on the 2-core EPYC (AVX-512), depth 21, 32x32 images, microseconds per
+# entry: r x s = 8 x 32: 56-61, 16 x 16: 59, 10 x 24: 58, 32 x 8: 66, 8 x 25: 66-69, 8 x 31: 90,
+# 2 x 63 (the earlier rule, 2^17 entries, s as long as possible): 112-115; 16x16 images: 32 x 32
+# (2^18): 13.5-14, 2 x 256: 22.6; 8x8 images: 128 x 32: 3.4-4.0, 2 x 1024: 5.0.
+_FLAT_TILE_ELEMS = 1 << 18
+_FLAT_SIDES = (16, 24, 32, 40)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -521,14 +528,24 @@ def _balanced(n: int, most: int) -> int:
     return -(-n // -(-n // most))
 
 
+def _flatten_tile_shape(n1: int, n2: int, hw: int) -> tuple[int, int]:
+    """Tile sides (r, s) for the layout (H, W, r, s), about _FLAT_TILE_ELEMS entries: s (the
+    vectorised axis) one of _FLAT_SIDES, the one that pads x2 least (ties: the longer), or all of
+    x2 when it has at most 16 images; r fills the tile, balanced over x1 (200 -> 4 x 50, not
+    4 x 64 with 56 padded images)."""
+    pairs = max(1, _FLAT_TILE_ELEMS // hw)
+    sides = [v for v in _FLAT_SIDES if v <= pairs]
+    if n2 <= _FLAT_SIDES[0] or not sides:
+        s = _balanced(n2, min(pairs, _FLAT_SIDES[0]))
+    else:
+        s = min(sides, key=lambda v: (-(-n2 // v) * v, -v))
+    return _balanced(n1, max(1, pairs // s)), s
+
+
 def _run_flatten(x1, x2, d1, d2, symmetric, batch_size, stops, want_nngp):
     n1, n2 = x1.shape[0], x2.shape[0]
     hw = x1.shape[1] * x1.shape[2]
-    # Tile (r x s pairs, <= _TILE_ELEMS entries): layout (H, W, r, s), so a long s vectorises.
-    # Sides are balanced (200 -> 4 x 50, not 4 x 64 with 56 padded images).
-    tile = max(1, _TILE_ELEMS // hw)
-    s = _balanced(n2, max(1, tile // 2))
-    r = _balanced(n1, max(1, tile // s))
+    r, s = _flatten_tile_shape(n1, n2, hw)
     if symmetric:  # square blocks (mirrored), a multiple of both tile sides
         unit = math.lcm(r, s)
         rows = cols = unit * max(1, min(-(-n1 // unit), int(np.sqrt(batch_size)) // unit))
@@ -543,16 +560,27 @@ def _run_flatten(x1, x2, d1, d2, symmetric, batch_size, stops, want_nngp):
 
     x1p, d1p = padded(x1, d1, rows)
     x2p, d2p = (x1p, d1p) if symmetric else padded(x2, d2, cols)
-    ntk = [[None] * (x2p.shape[0] // cols) for _ in range(x1p.shape[0] // rows)]
-    nngp = [[None] * len(ntk[0]) for _ in ntk]
-    for bi in range(len(ntk)):
-        for bj in range(len(ntk[0])):
+    n_bi, n_bj = x1p.shape[0] // rows, x2p.shape[0] // cols
+    ntk = [[None] * n_bj for _ in range(n_bi)]
+    nngp = [[None] * n_bj for _ in range(n_bi)]
+    # The per-image factors of a block cost about as much as the recursion of a thin block (2 x 2016
+    # pairs of 32x32 images: 0.40 s against 0.50 s), so they are computed once per outer block and
+    # the outer loop runs over the side whose factors would otherwise be recomputed the most
+    # (1017 x 2000 images: 509 row blocks of 2 against one column block of 2016).
+    rows_outer = symmetric or (x1p.shape[0] + n_bi * x2p.shape[0] <= x2p.shape[0] + n_bj * x1p.shape[0])
+    outer, inner = ((range(n_bi), range(n_bj)) if rows_outer else (range(n_bj), range(n_bi)))
+    for a in outer:
+        f_outer = (_flatten_factors(d1p[:, a * rows:(a + 1) * rows]) if rows_outer
+                   else _flatten_factors(d2p[:, a * cols:(a + 1) * cols]))
+        for b in inner:
+            bi, bj = (a, b) if rows_outer else (b, a)
             if symmetric and bj < bi:
                 continue
             rs, cs = slice(bi * rows, (bi + 1) * rows), slice(bj * cols, (bj + 1) * cols)
-            ntk[bi][bj], nngp[bi][bj] = _flatten_block(
-                x1p[rs], x2p[cs], _flatten_factors(d1p[:, rs]), _flatten_factors(d2p[:, cs]),
-                r=r, s=s, stops=stops, nngp=want_nngp)
+            fa = f_outer if rows_outer else _flatten_factors(d1p[:, rs])
+            fb = (f_outer if symmetric and bi == bj else _flatten_factors(d2p[:, cs])) if rows_outer else f_outer
+            ntk[bi][bj], nngp[bi][bj] = _flatten_block(x1p[rs], x2p[cs], fa, fb, r=r, s=s, stops=stops,
+                                                       nngp=want_nngp)
     if symmetric:
         for bi in range(len(ntk)):
             for bj in range(bi):
