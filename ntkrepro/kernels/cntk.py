@@ -528,24 +528,31 @@ def _balanced(n: int, most: int) -> int:
     return -(-n // -(-n // most))
 
 
-def _flatten_tile_shape(n1: int, n2: int, hw: int) -> tuple[int, int]:
+def _flatten_tile_shape(n1: int, n2: int, hw: int, symmetric: bool = False) -> tuple[int, int]:
     """Tile sides (r, s) for the layout (H, W, r, s), about _FLAT_TILE_ELEMS entries: s (the
     vectorised axis) one of _FLAT_SIDES, the one that pads x2 least (ties: the longer), or all of
     x2 when it has at most 16 images; r fills the tile, balanced over x1 (200 -> 4 x 50, not
-    4 x 64 with 56 padded images)."""
+    4 x 64 with 56 padded images).  Symmetric (square blocks, a multiple of both sides): r a
+    multiple or a divisor of s, so the blocks' unit is max(r, s), not lcm(r, s) (8x8 images, 250
+    of them: 128 x 32 pads to 256; r = 125 with s = 32 padded to lcm = 4000)."""
     pairs = max(1, _FLAT_TILE_ELEMS // hw)
     sides = [v for v in _FLAT_SIDES if v <= pairs]
     if n2 <= _FLAT_SIDES[0] or not sides:
         s = _balanced(n2, min(pairs, _FLAT_SIDES[0]))
     else:
         s = min(sides, key=lambda v: (-(-n2 // v) * v, -v))
-    return _balanced(n1, max(1, pairs // s)), s
+    most = max(1, pairs // s)
+    if not symmetric:
+        return _balanced(n1, most), s
+    if most >= s:  # r = k s, k balanced over x1's ceil(n1 / s) s-wide strips
+        return s * _balanced(-(-n1 // s), most // s), s
+    return max(d for d in range(1, most + 1) if s % d == 0), s
 
 
 def _run_flatten(x1, x2, d1, d2, symmetric, batch_size, stops, want_nngp):
     n1, n2 = x1.shape[0], x2.shape[0]
     hw = x1.shape[1] * x1.shape[2]
-    r, s = _flatten_tile_shape(n1, n2, hw)
+    r, s = _flatten_tile_shape(n1, n2, hw, symmetric)
     if symmetric:  # square blocks (mirrored), a multiple of both tile sides
         unit = math.lcm(r, s)
         rows = cols = unit * max(1, min(-(-n1 // unit), int(np.sqrt(batch_size)) // unit))
