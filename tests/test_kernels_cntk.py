@@ -312,6 +312,21 @@ def test_flatten_block_order(batch, monkeypatch):
         assert calls == order, (bs, calls)
 
 
+@pytest.mark.parametrize("n,hw", [(250, 64), (300, 64), (1000, 256), (2000, 1024), (200, 1024), (13, 1024)])
+def test_flatten_tile_shape(n, hw):
+    """Tiles of about _FLAT_TILE_ELEMS entries, the vectorised side s a multiple of 8 (or all of
+    x2 when it is short); symmetric: r and s divide one another, so square blocks step by max(r, s)
+    and pad x1 by less than one step (an lcm of 125 and 32 once padded 250 images to 4000)."""
+    for symmetric in (False, True):
+        r, s = cntk_mod._flatten_tile_shape(n, n, hw, symmetric)
+        assert s % 8 == 0 or s == n, (r, s)
+        assert r * s * hw <= 2 * cntk_mod._FLAT_TILE_ELEMS
+        if symmetric:
+            assert r % s == 0 or s % r == 0, (r, s)
+            step = max(r, s)
+            assert -(-n // step) * step - n < step
+
+
 @pytest.mark.parametrize("pooling", ["flatten", "gap"])
 def test_float32_close_to_float64(batch, pooling):
     x, y = batch
