@@ -49,11 +49,11 @@ Two structural facts make this fast:
   K(h)[p,p] = c_sigma/(2 q^2) Sigma(h-1)[p,p]) and are computed once per image, not per pair.
 
 Execution: pairs of images are processed `batch_size` pairs per jitted call (x2 = None: only
-i <= j, mirrored).  Inside a call the work is cut into cache-sized pieces of about _TILE_ELEMS
-entries that run one after another (lax.map), each with its whole layer recursion (a lax.scan
-over the middle layers, so compile time does not grow with depth) in cache:
-* flatten: tiles of r x s image pairs in the layout (H, W, r, s), the per-image factors
-  broadcasting over the pair axes;
+i <= j, mirrored).  Inside a call the work is cut into cache-sized pieces (_FLAT_TILE_ELEMS,
+_TILE_ELEMS entries) that run one after another (lax.map), each with its whole layer recursion (a
+lax.scan over the middle layers, so compile time does not grow with depth) in cache:
+* flatten: tiles of r x s image pairs in the layout (H, W, r, s), s a multiple of 8 in 16-40, the
+  per-image factors broadcasting over the pair axes (`_flatten_tile_shape`);
 * gap: units (one pair, a group of columns of the skewed (j, j') layout, see `_pair_maps`):
   displacements p' - p never mix, so a column group is an independent problem.
 XLA's arccos costs ~10-30 ns per element on CPU, so pi - arccos is evaluated as pi/2 + arcsin with
@@ -584,8 +584,11 @@ def _run_flatten(x1, x2, d1, d2, symmetric, batch_size, stops, want_nngp):
             if symmetric and bj < bi:
                 continue
             rs, cs = slice(bi * rows, (bi + 1) * rows), slice(bj * cols, (bj + 1) * cols)
-            fa = f_outer if rows_outer else _flatten_factors(d1p[:, rs])
-            fb = (f_outer if symmetric and bi == bj else _flatten_factors(d2p[:, cs])) if rows_outer else f_outer
+            if rows_outer:
+                fa = f_outer
+                fb = f_outer if symmetric and bi == bj else _flatten_factors(d2p[:, cs])
+            else:
+                fa, fb = _flatten_factors(d1p[:, rs]), f_outer
             ntk[bi][bj], nngp[bi][bj] = _flatten_block(x1p[rs], x2p[cs], fa, fb, r=r, s=s, stops=stops,
                                                        nngp=want_nngp)
     if symmetric:
