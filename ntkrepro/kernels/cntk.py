@@ -576,19 +576,20 @@ def _run_flatten(x1, x2, d1, d2, symmetric, batch_size, stops, want_nngp):
     # (1017 x 2000 images: 509 row blocks of 2 against one column block of 2016).
     rows_outer = symmetric or (x1p.shape[0] + n_bi * x2p.shape[0] <= x2p.shape[0] + n_bj * x1p.shape[0])
     outer, inner = ((range(n_bi), range(n_bj)) if rows_outer else (range(n_bj), range(n_bi)))
+    def factors(d, k, size):  # block k's per-image factors
+        return _flatten_factors(d[:, k * size:(k + 1) * size])
+
     for a in outer:
-        f_outer = (_flatten_factors(d1p[:, a * rows:(a + 1) * rows]) if rows_outer
-                   else _flatten_factors(d2p[:, a * cols:(a + 1) * cols]))
+        f_outer = factors(d1p, a, rows) if rows_outer else factors(d2p, a, cols)
         for b in inner:
             bi, bj = (a, b) if rows_outer else (b, a)
             if symmetric and bj < bi:
                 continue
             rs, cs = slice(bi * rows, (bi + 1) * rows), slice(bj * cols, (bj + 1) * cols)
             if rows_outer:
-                fa = f_outer
-                fb = f_outer if symmetric and bi == bj else _flatten_factors(d2p[:, cs])
+                fa, fb = f_outer, (f_outer if symmetric and bi == bj else factors(d2p, bj, cols))
             else:
-                fa, fb = _flatten_factors(d1p[:, rs]), f_outer
+                fa, fb = factors(d1p, bi, rows), f_outer
             ntk[bi][bj], nngp[bi][bj] = _flatten_block(x1p[rs], x2p[cs], fa, fb, r=r, s=s, stops=stops,
                                                        nngp=want_nngp)
     if symmetric:
