@@ -8,13 +8,16 @@ LAUNCHER ?=
 SEEDS ?= 1,2,3
 DIR ?=
 NT_PEER := neural-tangents==0.6.5 frozendict  # test/benchmark peer only, never imported by the core
+CONSTRAINTS ?= constraints.txt  # the tested versions (see the file); CONSTRAINTS= installs the newest
+PIN = $(if $(strip $(CONSTRAINTS)),-c $(strip $(CONSTRAINTS)))
 ALL_FIGURES := $(sort $(basename $(notdir $(wildcard conf/figure/*.yaml))))
 
 # figure-<id> is a pattern rule: GNU make never applies one to a .PHONY target, so it depends on FORCE
 .PHONY: help setup figures runs test bench plan collect verify report FORCE
 
 help:  ## list the targets
-	@echo "make setup                      create .venv and install ntkrepro with the dev extra"
+	@echo "make setup [CONSTRAINTS=]       create .venv, install ntkrepro with the dev extra at the tested"
+	@echo "                                 versions (constraints.txt; CONSTRAINTS= for the newest)"
 	@echo "make figure-<id> [SCALE=smoke|cpu|paper] [ARGS='setting=value ...']   run one figure"
 	@echo "make figures [SCALE=...] [FIGURES='id id ...'] [ARGS=...]   run every (or each listed) figure,"
 	@echo "                                 go on past failures, end with a table"
@@ -34,8 +37,8 @@ help:  ## list the targets
 setup:
 	python3 -m venv .venv
 	.venv/bin/python -m pip install -q --upgrade pip
-	.venv/bin/python -m pip install -q -e '.[dev]'
-	.venv/bin/python -m pip install -q --no-deps $(NT_PEER)
+	.venv/bin/python -m pip install -q $(PIN) -e '.[dev]'
+	.venv/bin/python -m pip install -q --no-deps $(PIN) $(NT_PEER)
 
 figure-%: FORCE
 ifeq ($(strip $(SHARDS)),)
@@ -68,7 +71,7 @@ test:
 	$(PY) -m pytest -n 2 tests
 
 bench:
-	$(PY) -m pip install -q --no-deps $(NT_PEER)
+	$(PY) -m pip install -q --no-deps $(PIN) $(NT_PEER)
 	$(PY) -m ntkrepro.bench $(ARGS)
 
 FORCE:
