@@ -252,7 +252,7 @@ def _accuracies(model_out, state, x, labels, chunk: int = 512) -> np.ndarray:
     model with a non-finite output (diverged)."""
     hits, finite = 0, True
     for i in range(0, len(x), chunk):
-        f = np.asarray(model_out(state.params0, state.variable, x[i:i + chunk]))
+        f = np.asarray(model_out(state, x[i:i + chunk]))
         finite = finite & np.all(np.isfinite(f), axis=(-2, -1))
         hits = hits + (np.argmax(f, axis=-1) == labels[i:i + chunk]).sum(axis=-1)
     return np.where(finite, hits / len(x), np.nan)
@@ -267,7 +267,8 @@ def _cnn_spec(cfg, pooling: str, depth: int, k: int) -> ModelSpec:
 
 
 def train_cnn(part: dict, pooling: str, depth: int, cfg) -> dict:
-    """Every (learning rate, trial) model of one CNN, trained together (one vmapped `train.fit`);
+    """Every (learning rate, trial) model of one CNN, trained together (one batched `train.fit`; on CPU
+    model by model from Python, `host_loop`);
     returns {lr: [per-trial accuracy or nan]} and the epochs each took to reach 100%."""
     net = cfg.cnn
     dt = precision.train_dtype(net)
@@ -281,13 +282,14 @@ def train_cnn(part: dict, pooling: str, depth: int, cfg) -> dict:
     batch = min(int(net.batch_size), len(x_tr))
     trainer = train.Trainer(spec.apply, loss=str(net.loss), batch_size=batch)
     per_epoch, epochs = len(x_tr) // batch, int(net.max_epochs)
+    host_loop = jax.default_backend() == "cpu"   # model by model: see `train`
     log = _EpochLog(trainer, x_tr, part["labels_train"], x_te, part["labels_test"],
-                    int(net.after_full), epochs)
+                    int(net.after_full), epochs, host_loop)
     try:
         train.fit(trainer, params0, x_tr, jnp.asarray(part["y_train"], dt),
                   steps=epochs * per_epoch, record_at=range(per_epoch, epochs * per_epoch + 1, per_epoch),
                   observe=log.observe, on_record=log.check, seed=int(cfg.seed) + depth, lr=lr_vec,
-                  batched=True, track_loss=False)
+                  batched=True, track_loss=False, host_loop=host_loop)
     except _AllDone:
         pass
     acc, reached = log.result()
@@ -300,8 +302,8 @@ class _EpochLog:
     from the first epoch at which some model classifies the whole training set correctly, and in
     the last `after` epochs before the cap (for models that never do)."""
 
-    def __init__(self, trainer, x_tr, lab_tr, x_te, lab_te, after: int, epochs: int):
-        self.out = jax.jit(jax.vmap(trainer.model_output, in_axes=(0, 0, None)))
+    def __init__(self, trainer, x_tr, lab_tr, x_te, lab_te, after: int, epochs: int, host_loop: bool):
+        self.out = lambda state, x: trainer.predict_models(state, x, host_loop)
         self.data = (x_tr, lab_tr, x_te, lab_te)
         self.after, self.epochs, self.train_acc, self.test_acc = after, epochs, [], []
 

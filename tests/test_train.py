@@ -115,6 +115,45 @@ def test_vmapped_over_learning_rates_equals_separate_runs(problem):
         np.testing.assert_allclose(grid.state.variable["w"][i], one.state.variable["w"], rtol=1e-12)
 
 
+def test_batched_host_loop_equals_the_vmapped_compiled_loop(problem):
+    """`fit(batched=True, host_loop=True)` (model by model from Python: convolutional networks on
+    CPU) = the vmapped compiled loop: per-model inits and learning rates, minibatches, records,
+    the per-model stop (one model stops early, one diverges, one runs to the end)."""
+    x, y, _ = problem
+    spec = ModelSpec(width=16, depth=1, out_dim=2)
+    keys = jax.random.split(jax.random.PRNGKey(2), 3)
+    stacked = jax.vmap(lambda k: spec.init(k, x))(keys)
+    trainer = Trainer(spec.apply, lr=0.2, momentum=0.5, batch_size=4)
+    lrs = np.array([1e-4, 0.5, 40.0])
+    stop = lambda loss, loss0: ~jnp.isfinite(loss) | (loss <= 0.05 * loss0)  # noqa: E731
+    seen = {}
+    runs = [fit(trainer, stacked, x, y, steps=40, record_at=[3, 20], batched=True, seed=1, lr=lrs, stop=stop,
+                observe=lambda step, st, h=h: seen.setdefault(h, []).append(np.asarray(st.step)), host_loop=h)
+            for h in (False, True)]
+    a, b = runs
+    assert a.steps == b.steps and np.array_equal(a.stopped, b.stopped) and np.array_equal(a.diverged, b.diverged)
+    assert list(np.asarray(a.stopped)) == [False, True, True] and list(np.asarray(a.diverged)) == [False, False, True]
+    assert list(np.asarray(a.state.step)) == [40, 16, 5] == list(np.asarray(b.state.step))
+    for u, v in zip(jax.tree_util.tree_leaves(a.state), jax.tree_util.tree_leaves(b.state)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a.losses, b.losses, rtol=1e-10)
+    assert [s.tolist() for s in seen[False]] == [s.tolist() for s in seen[True]]
+
+
+def test_predict_models_model_by_model_equals_vmapped(problem):
+    x, y, _ = problem
+    spec = ModelSpec(width=16, depth=1, out_dim=2)
+    stacked = jax.vmap(lambda k: spec.init(k, x))(jax.random.split(jax.random.PRNGKey(3), 3))
+    trainer = Trainer(spec.apply, lr=0.1)
+    state = fit(trainer, stacked, x, y, steps=4, batched=True, lr=np.array([0.01, 0.1, 0.3])).state
+    a, b = trainer.predict_models(state, x), trainer.predict_models(state, x, host_loop=True)
+    assert a.shape == b.shape == (3, len(x), 2)
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+    for m in range(3):   # model m's outputs, not another model's
+        one = jax.tree_util.tree_map(lambda v, m=m: v[m], state)
+        np.testing.assert_allclose(b[m], trainer.predict(one, x), rtol=1e-12)
+
+
 def test_divergence_is_recorded_not_raised(problem):
     x, y, w0 = problem
     res = fit(Trainer(_linear, lr=1e3), w0, x, y, steps=200, record_at=[1, 10])
