@@ -24,8 +24,10 @@ resumes; the minibatch order is a function of (seed, step), so a resumed run see
 Compilation.  The steps between two recording points run in one jitted ``lax.fori_loop`` whose trip
 count is a traced integer, so every segment length shares one compilation.  ``fit(...,
 host_loop=True)`` runs them instead as a Python loop over one jitted step (same arithmetic, same
-minibatches): for convolutional networks on CPU, where XLA compiles the weight-gradient convolutions
-inside a loop body to a slow generic kernel (measured ~25x slower than the same step jitted alone).
+minibatches; batched: model by model): for convolutional networks on CPU, where XLA compiles the
+weight-gradient convolutions inside a loop body to a slow generic kernel (measured ~25x slower than
+the same step jitted alone), and a vmapped convolution over several models' weights is slower than
+the models one after another.
 
 Losses (`LOSSES`; the paper writes the total loss, Eq. 2, and plots the average, footnote 6)::
 
