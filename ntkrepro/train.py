@@ -192,10 +192,7 @@ class Trainer:
         (host_loop, as in `fit`) model by model, cheaper for convolutional networks on CPU."""
         if not host_loop:
             return self._predict_vmapped(state.params0, state.variable, x)
-        models = range(jax.tree_util.tree_leaves(state.step)[0].shape[0])
-        take = jax.tree_util.tree_map
-        return jnp.stack([self._predict(take(lambda a, m=m: a[m], state.params0),
-                                        take(lambda a, m=m: a[m], state.variable), x) for m in models])
+        return jnp.stack([self._predict(s.params0, s.variable, x) for s in split_models(state)])
 
     def loss(self, state: TrainState, x, y):
         """The loss of the trained model on (x, y) (jitted)."""
@@ -508,6 +505,11 @@ def _programs(trainer: Trainer, batched: bool, shared_params: bool, lr, stop, ho
     return init, vadvance, jax.jit(jax.vmap(loss, in_axes=(0, None, None)))
 
 
+def split_models(state: TrainState) -> list[TrainState]:
+    """The models of a batched state (leading model axis), one unbatched state each."""
+    return [jax.tree_util.tree_map(lambda a, m=m: a[m], state) for m in range(np.shape(state.step)[0])]
+
+
 def _host_advance(trainer: Trainer, stop, batched: bool = False):
     """`advance` as a Python loop over one jitted step (no compiled loop around the step).  Batched:
     each model in turn, its slice of the state advanced by the unbatched loop and the slices stacked
@@ -518,9 +520,8 @@ def _host_advance(trainer: Trainer, stop, batched: bool = False):
         single = _host_advance(trainer, stop)
 
         def advance_models(state, x, y, n, schedule, loss0):
-            outs = [single(jax.tree_util.tree_map(lambda a, m=m: a[m], state), x, y, n, schedule,
-                           None if loss0 is None else loss0[m])
-                    for m in range(jax.tree_util.tree_leaves(state.step)[0].shape[0])]
+            outs = [single(s, x, y, n, schedule, None if loss0 is None else loss0[m])
+                    for m, s in enumerate(split_models(state))]
             return (jax.tree_util.tree_map(lambda *a: jnp.stack(a), *(o[0] for o in outs)),
                     jnp.stack([jnp.asarray(o[1]) for o in outs]))
         return advance_models

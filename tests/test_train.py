@@ -9,7 +9,7 @@ import pytest
 
 from ntkrepro import dynamics
 from ntkrepro.models import ModelSpec
-from ntkrepro.train import Trainer, batch_schedule, fit, log_steps
+from ntkrepro.train import Trainer, batch_schedule, fit, log_steps, split_models
 
 
 def _linear(params, x):
@@ -149,8 +149,8 @@ def test_predict_models_model_by_model_equals_vmapped(problem):
     a, b = trainer.predict_models(state, x), trainer.predict_models(state, x, host_loop=True)
     assert a.shape == b.shape == (3, len(x), 2)
     np.testing.assert_allclose(a, b, rtol=1e-12)
-    for m in range(3):   # model m's outputs, not another model's
-        one = jax.tree_util.tree_map(lambda v, m=m: v[m], state)
+    for m, one in enumerate(split_models(state)):   # model m's outputs, not another model's
+        assert int(one.step) == 4
         np.testing.assert_allclose(b[m], trainer.predict(one, x), rtol=1e-12)
 
 
