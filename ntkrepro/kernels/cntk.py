@@ -576,6 +576,7 @@ def _run_flatten(x1, x2, d1, d2, symmetric, batch_size, stops, want_nngp):
     # (1017 x 2000 images: 509 row blocks of 2 against one column block of 2016).
     rows_outer = symmetric or (x1p.shape[0] + n_bi * x2p.shape[0] <= x2p.shape[0] + n_bj * x1p.shape[0])
     outer, inner = ((range(n_bi), range(n_bj)) if rows_outer else (range(n_bj), range(n_bi)))
+
     def factors(d, k, size):  # block k's per-image factors
         return _flatten_factors(d[:, k * size:(k + 1) * size])
 
