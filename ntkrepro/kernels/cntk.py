@@ -91,7 +91,10 @@ _TILE_ELEMS = 1 << 17
 # in 16-40.  Measured on the 2-core EPYC (AVX-512), depth 21, 32x32 images, microseconds per
 # entry: r x s = 8 x 32: 56-61, 16 x 16: 59, 10 x 24: 58, 32 x 8: 66, 8 x 25: 66-69, 8 x 31: 90,
 # 2 x 63 (the earlier rule, 2^17 entries, s as long as possible): 112-115; 16x16 images: 32 x 32
-# (2^18): 13.5-14, 2 x 256: 22.6; 8x8 images: 128 x 32: 3.4-4.0, 2 x 1024: 5.0.
+# (2^18): 13.5-14, 2 x 256: 22.6; 8x8 images: 128 x 32: 3.4-4.0, 2 x 1024: 5.0.  Tile size, 32x32,
+# s = 32 (2026-11-30): 2^15: 120, 2^16: 90, 2^17: 71, 2^18: 60-62, 2^19: 74, 2^20: 91, 2^21: 118.  Also
+# slower: K and Kdot . Theta + K stacked into one array (one box sum for both) 155, one 3 x 3
+# reduce_window instead of two 3-tap ones 124.
 _FLAT_TILE_ELEMS = 1 << 18
 _FLAT_SIDES = (16, 24, 32, 40)
 
