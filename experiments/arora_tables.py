@@ -247,15 +247,12 @@ class _AllDone(Exception):
     accuracy (or has diverged): nothing left to measure."""
 
 
-def _accuracies(model_out, state, x, labels, chunk: int = 512) -> np.ndarray:
-    """(models,) accuracy of a batched state on (x, labels), `chunk` images at a time; nan for a
-    model with a non-finite output (diverged)."""
-    hits, finite = 0, True
-    for i in range(0, len(x), chunk):
-        f = np.asarray(model_out(state, x[i:i + chunk]))
-        finite = finite & np.all(np.isfinite(f), axis=(-2, -1))
-        hits = hits + (np.argmax(f, axis=-1) == labels[i:i + chunk]).sum(axis=-1)
-    return np.where(finite, hits / len(x), np.nan)
+def _accuracies(model_out, state, x, labels) -> np.ndarray:
+    """(models,) accuracy of a batched state on (x, labels); nan for a model with a non-finite
+    output (diverged)."""
+    f = np.asarray(model_out(state, x))
+    finite = np.all(np.isfinite(f), axis=(-2, -1))
+    return np.where(finite, (np.argmax(f, axis=-1) == labels).sum(axis=-1) / len(x), np.nan)
 
 
 def _cnn_spec(cfg, pooling: str, depth: int, k: int) -> ModelSpec:
@@ -282,7 +279,7 @@ def train_cnn(part: dict, pooling: str, depth: int, cfg) -> dict:
     batch = min(int(net.batch_size), len(x_tr))
     trainer = train.Trainer(spec.apply, loss=str(net.loss), batch_size=batch)
     per_epoch, epochs = len(x_tr) // batch, int(net.max_epochs)
-    host_loop = jax.default_backend() == "cpu"   # model by model: see `train`
+    host_loop = train.prefer_host_loop()   # model by model on CPU: see `train`
     log = _EpochLog(trainer, x_tr, part["labels_train"], x_te, part["labels_test"],
                     int(net.after_full), epochs, host_loop)
     try:
@@ -303,7 +300,7 @@ class _EpochLog:
     the last `after` epochs before the cap (for models that never do)."""
 
     def __init__(self, trainer, x_tr, lab_tr, x_te, lab_te, after: int, epochs: int, host_loop: bool):
-        self.out = lambda state, x: trainer.predict_models(state, x, host_loop)
+        self.out = lambda state, x: trainer.predict_models(state, x, host_loop, chunk=512)
         self.data = (x_tr, lab_tr, x_te, lab_te)
         self.after, self.epochs, self.train_acc, self.test_acc = after, epochs, [], []
 

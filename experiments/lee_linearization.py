@@ -45,7 +45,7 @@ from jax.flatten_util import ravel_pytree
 from ntkrepro import claims as C
 from ntkrepro import costs, dynamics, models, plotting, precision, tasks
 from ntkrepro.errors import ConfigError
-from ntkrepro.train import Trainer, fit_side_by_side, log_steps, rmse
+from ntkrepro.train import Trainer, fit_side_by_side, log_steps, prefer_host_loop, rmse
 
 MODELS = ("mlp", "cnn")
 LINEARIZED = ("closed_form", "direct")
@@ -177,7 +177,7 @@ def train(cfg, s: Setup, model: str, params0) -> Run:
                            inputs={"all": jnp.concatenate([s.x_train, s.x_test])},  # one compiled prediction
                            observe=lambda t, st, v: {"weights": _flat(t.params(v))[s.shown]},
                            steps=int(s.steps[-1]), record_at=s.steps, track_loss=False,
-                           host_loop=s.spec.arch == "cnn" and jax.default_backend() == "cpu")[model]  # see `train`
+                           host_loop=prefer_host_loop(s.spec.arch == "cnn"))[model]  # see `train`
     f = np.stack([rec["all"] for rec in res.records])
     return Run(f[:, :n], f[:, n:], np.stack([rec["weights"] for rec in res.records]), _flat(tr.params(res.state)))
 

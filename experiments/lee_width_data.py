@@ -53,7 +53,7 @@ from ntkrepro import claims as C
 from ntkrepro import costs, models, plotting, precision, tasks, wrn
 from ntkrepro.dynamics import gradient_descent_mse
 from ntkrepro.errors import ConfigError
-from ntkrepro.train import Trainer, fit, fit_side_by_side, rmse
+from ntkrepro.train import Trainer, fit, fit_side_by_side, prefer_host_loop, rmse
 
 PANES = {"fc": "(a) fully connected", "cnn": "(b) convolutional", "wrn": "(c) wide residual",
          "data": "(d) fully connected, |D|"}
@@ -235,7 +235,7 @@ def trained_side_by_side(spec: models.ModelSpec, params0, x, y, x_test, *, lr, l
     net, lin = _trainers(apply_fn, True)
     res = fit_side_by_side({"network": net, "linearized": lin}, params0, x, y,
                            inputs={"train": x, "test": x_test}, steps=steps, record_at=[0], lr=eta,
-                           host_loop=jax.default_backend() == "cpu")
+                           host_loop=prefer_host_loop())
     out = {m: res[m].records[-1] for m in res}
     y = np.asarray(y, np.float64)
     return _summary(out["network"]["train"], out["network"]["test"], out["linearized"]["train"],
@@ -253,7 +253,7 @@ def measure(cfg, point: dict, task: tasks.Task) -> dict:
         params64 = spec.init(key, x_test)               # pane (d): one initialisation for every |D|
         out = network_vs_linearization(spec, params64, jnp.asarray(task.x_train, jnp.float64), task.y_train,
                                        x_test, dtype=precision.train_dtype(cfg), mutation=cfg.get("mutation"),
-                                       host_loop=spec.arch == "cnn" and jax.default_backend() == "cpu",
+                                       host_loop=prefer_host_loop(spec.arch == "cnn"),
                                        **common)
     else:
         dt = precision.train_dtype(cfg)

@@ -40,7 +40,7 @@ from ntkrepro import claims as C
 from ntkrepro import costs, data, plotting, precision, tasks, wrn
 from ntkrepro.errors import ConfigError
 from ntkrepro.models import ModelSpec
-from ntkrepro.train import Trainer, accuracy, fit_side_by_side, log_steps, loss_function, rmse
+from ntkrepro.train import Trainer, accuracy, fit_side_by_side, log_steps, loss_function, prefer_host_loop, rmse
 
 MODELS = ("network", "linearized")
 MUTATIONS = {   # deliberate mistakes, for tests/test_mutations.py only
@@ -177,7 +177,7 @@ def train_one(cfg, spec: ModelSpec, task: tasks.Task, model: str, sets):
                               x, y, inputs={s: v[0] for s, v in sets.items()}, chunk=int(cfg.eval_chunk),
                               steps=steps, record_at=log_steps(steps, int(cfg.record_points)),
                               seed=int(cfg.seed), track_loss=False,
-                              host_loop=jax.default_backend() == "cpu")[model]
+                              host_loop=prefer_host_loop())[model]
     if result.diverged:
         raise ConfigError(f"the {model} diverged (non-finite outputs) at lr={cfg.lr}; lower figure.paper.lr")
     return result

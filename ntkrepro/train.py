@@ -187,12 +187,17 @@ class Trainer:
         """Outputs of the trained model on x (jitted; works on a batched state too)."""
         return self._predict(state.params0, state.variable, x)
 
-    def predict_models(self, state: TrainState, x, host_loop: bool = False):
+    def predict_models(self, state: TrainState, x, host_loop: bool = False, chunk: int | None = None):
         """(models, N, ...) outputs of every model of a batched state: one vmapped program, or
-        (host_loop, as in `fit`) model by model, cheaper for convolutional networks on CPU."""
+        (host_loop, as in `fit`) model by model, cheaper for convolutional networks on CPU; at most
+        `chunk` inputs per call (memory), the state split into its models once."""
+        size = chunk or max(1, len(x))
+        starts = range(0, len(x), size)
         if not host_loop:
-            return self._predict_vmapped(state.params0, state.variable, x)
-        return jnp.stack([self._predict(s.params0, s.variable, x) for s in split_models(state)])
+            return jnp.concatenate([self._predict_vmapped(state.params0, state.variable, x[i:i + size])
+                                    for i in starts], axis=1)
+        return jnp.stack([jnp.concatenate([self._predict(s.params0, s.variable, x[i:i + size]) for i in starts])
+                          for s in split_models(state)])
 
     def loss(self, state: TrainState, x, y):
         """The loss of the trained model on (x, y) (jitted)."""
@@ -503,6 +508,12 @@ def _programs(trainer: Trainer, batched: bool, shared_params: bool, lr, stop, ho
     else:
         vadvance = jax.jit(jax.vmap(advance, in_axes=(0, None, None, None, None, 0 if stop else None)))
     return init, vadvance, jax.jit(jax.vmap(loss, in_axes=(0, None, None)))
+
+
+def prefer_host_loop(convolutional: bool = True) -> bool:
+    """The `host_loop` to pass to `fit` / `Trainer.predict_models`: True for a convolutional network
+    on the CPU backend (see the module docstring), False otherwise."""
+    return bool(convolutional) and jax.default_backend() == "cpu"
 
 
 def split_models(state: TrainState) -> list[TrainState]:

@@ -149,6 +149,8 @@ def test_predict_models_model_by_model_equals_vmapped(problem):
     a, b = trainer.predict_models(state, x), trainer.predict_models(state, x, host_loop=True)
     assert a.shape == b.shape == (3, len(x), 2)
     np.testing.assert_allclose(a, b, rtol=1e-12)
+    for host_loop in (False, True):   # `chunk` inputs per call (the last chunk shorter): the same outputs
+        np.testing.assert_allclose(trainer.predict_models(state, x, host_loop, chunk=5), a, rtol=1e-12)
     for m, one in enumerate(split_models(state)):   # model m's outputs, not another model's
         assert int(one.step) == 4
         np.testing.assert_allclose(b[m], trainer.predict(one, x), rtol=1e-12)
