@@ -6,23 +6,16 @@
 """
 from __future__ import annotations
 
-import argparse
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from ntkrepro import runstate, timings
-from ntkrepro.registry import CONF_DIR, SCALES, figure_ids
+from ntkrepro import preflight, runstate, timings
+from ntkrepro.errors import ArgumentParser, one_line_errors
+from ntkrepro.registry import SCALES, figure_list
 from ntkrepro.runs import claims_cell, table
-
-
-def _out_root(overrides: list[str]) -> Path:
-    roots = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("out_root=")]
-    return Path(roots[-1] if roots else OmegaConf.load(CONF_DIR / "config.yaml").out_root)
 
 
 def _record(out_root: Path, fid: str, scale: str, pid: int) -> dict | None:
@@ -51,21 +44,23 @@ def run_one(fid: str, scale: str, overrides: list[str]) -> tuple[tuple, int]:
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "ntkrepro", f"figure={fid}", f"scale={scale}", *overrides])
     code = _wait(proc)
-    record = _record(_out_root(overrides), fid, scale, proc.pid) or {}
+    record = _record(runstate.out_root_of(overrides), fid, scale, proc.pid) or {}
     status = record.get("state") or f"error (exit {code})"
     if record.get("state") == "finished" and code != 0:
         status = f"finished, exit {code}"
     return (fid, status, claims_cell(record), timings.fmt(time.time() - t0)), code
 
 
+@one_line_errors
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ntkrepro.batch", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m ntkrepro.batch", description=__doc__.split("\n")[0])
     parser.add_argument("--scale", default="smoke", choices=SCALES)
-    parser.add_argument("--figures", default="", help='space-separated ids (default: every figure)')
+    parser.add_argument("--figures", default="", type=figure_list, help="space-separated ids (default: every figure)")
     parser.add_argument("overrides", nargs="*", help="settings passed to every run (setting=value)")
     args = parser.parse_args(argv)
+    figures = args.figures
+    preflight.check_runs(figures, args.scale, args.overrides)  # a bad setting: one line before any run
     runstate.install_signal_handlers()
-    figures = args.figures.split() or figure_ids()
     rows, worst = [("figure", "status", "paper claims passed/evaluated", "time")], 0
     for fid in figures:
         row, code = run_one(fid, args.scale, args.overrides)

@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         hydra_argv = _preflight(argv)
         if _plan(hydra_argv):
             sys.exit(0)
+        preflight.check_out_root([a for a in hydra_argv if "=" in a and not a.startswith("-")])
     except NtkreproError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

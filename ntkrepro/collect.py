@@ -12,7 +12,6 @@ parts), and `<out_root>/<id>/<scale>/latest` points at it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import secrets
 import sys
@@ -24,7 +23,7 @@ from omegaconf import OmegaConf
 
 from ntkrepro import claims as claims_mod
 from ntkrepro import runstate
-from ntkrepro.errors import NtkreproError
+from ntkrepro.errors import ArgumentParser, NtkreproError
 from ntkrepro.runner import SETTINGS_FILE, finish, load_experiment
 
 
@@ -112,7 +111,7 @@ def collect(folders) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ntkrepro.collect", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m ntkrepro.collect", description=__doc__.split("\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="sweep folder(s) holding the parts")
     args = parser.parse_args(argv)
     try:

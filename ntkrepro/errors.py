@@ -1,4 +1,9 @@
 """User-facing errors: each carries one line saying what is wrong and how to fix it."""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
 
 
 class NtkreproError(Exception):
@@ -11,3 +16,23 @@ class ConfigError(NtkreproError, ValueError):
 
 class DataError(NtkreproError):
     """A data set cannot be found or cannot supply what the configuration asks for."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the project's commands: a bad argument is one line `error: ...`, exit status 2
+    (no usage dump; `--help` shows it)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def one_line_errors(main):
+    """Wrap a command's `main(argv) -> int`: `NtkreproError` -> one line `error: ...` on stderr, exit 2."""
+    @functools.wraps(main)
+    def wrapped(argv=None) -> int:
+        try:
+            return main(argv)
+        except NtkreproError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            return 2
+    return wrapped

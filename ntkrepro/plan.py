@@ -10,12 +10,11 @@ datasheet peak rates).  A figure's experiment module provides ``cost(cfg, point)
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from ntkrepro import costs, split
-from ntkrepro.errors import ConfigError, NtkreproError
-from ntkrepro.registry import CONF_DIR, SCALES, figure_ids
+from ntkrepro import costs, preflight, split
+from ntkrepro.errors import ArgumentParser, ConfigError, NtkreproError, one_line_errors
+from ntkrepro.registry import CONF_DIR, SCALES, figure_list
 
 
 def compose(fid: str, scale: str, overrides=()):
@@ -59,15 +58,20 @@ def report(fid: str, scale: str, overrides=(), shards: int = 1) -> str:
             f"{costs.table(js)}")
 
 
+@one_line_errors
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ntkrepro.plan", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m ntkrepro.plan", description=__doc__.split("\n")[0])
     parser.add_argument("--scale", default="paper", choices=SCALES)
-    parser.add_argument("--figures", default="", help="space-separated ids (default: every figure)")
+    parser.add_argument("--figures", default="", type=figure_list, help="space-separated ids (default: every figure)")
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+    if args.shards < 1:
+        parser.error(f"--shards must be a positive integer, got {args.shards}")
+    for fid in args.figures:  # a bad setting: one line before any plan
+        preflight.check([f"figure={fid}", f"scale={args.scale}", *args.overrides], multirun=False)
     worst = 0
-    for fid in args.figures.split() or figure_ids():
+    for fid in args.figures:
         try:
             print(report(fid, args.scale, args.overrides, args.shards), "\n", flush=True)
         except NtkreproError as err:

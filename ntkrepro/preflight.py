@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import itertools
 
-from ntkrepro import schema
+from ntkrepro import runstate, schema
 from ntkrepro.data import SOURCES
 from ntkrepro.errors import ConfigError
 from ntkrepro.registry import SCALES, figure_ids
@@ -202,3 +202,31 @@ def check(overrides: list[str], multirun: bool) -> list[str]:
     if multirun and not any(o.key_or_group == DIRNAME_KEYS for o in parsed):
         out.append(_dirname_excludes(parsed))
     return out
+
+
+def check_out_root(overrides: list[str]) -> None:
+    """Every `out_root` the run would write under (conf/config.yaml's if none is given) can hold
+    folders (`runstate.check_can_hold_folders`): else `ConfigError`, before Hydra makes the run folder."""
+    roots = [str(v) for o in _parse(overrides) if o.key_or_group == "out_root" for v in _values(o)]
+    for root in roots or [str(runstate.out_root_of([]))]:
+        runstate.check_can_hold_folders(root)
+
+
+def check_runs(figures: list[str], scale: str, overrides: list[str]) -> None:
+    """The runs a batch command (`make figures`, `make verify`) will start, checked before any starts:
+    a setting that no listed figure accepts (a typo, `seed=-1`) is `ConfigError`, one line; one that
+    only some figures have is left to the runs (the others fail in the batch's table), and the out_root."""
+    parsed = _parse(overrides)
+    groups = [o.input_line for o in parsed if _is_group(o)]  # a figure setting may live in a chosen group
+    for override in parsed:
+        context = groups if override.key_or_group.startswith("figure.") else []
+        errors = []
+        for fid in figures:
+            try:
+                check([f"figure={fid}", f"scale={scale}", *context, override.input_line], multirun=False)
+                break
+            except ConfigError as err:
+                errors.append(err)
+        if errors and len(errors) == len(figures):
+            raise errors[0]
+    check_out_root(overrides)

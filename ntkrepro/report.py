@@ -11,7 +11,6 @@ seed-robustness rows of the newest `make verify` table, run time, code version a
 """
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import shutil
@@ -19,6 +18,7 @@ import sys
 from pathlib import Path
 
 from ntkrepro import runstate
+from ntkrepro.errors import ArgumentParser, one_line_errors
 from ntkrepro.registry import SCALES, figure_ids
 from ntkrepro.timings import fmt
 
@@ -158,11 +158,13 @@ def build(out_root: Path, dest: Path) -> Path:
     return dest / "index.html"
 
 
+@one_line_errors
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ntkrepro.report", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m ntkrepro.report", description=__doc__.split("\n")[0])
     parser.add_argument("--out-root", default="outputs", type=Path)
     parser.add_argument("--dest", default=None, type=Path, help="default: <out-root>/report")
     args = parser.parse_args(argv)
+    runstate.check_can_hold_folders(args.dest or args.out_root / "report", "--dest")
     path = build(args.out_root, args.dest or args.out_root / "report")
     print(f"wrote {runstate.shown(path)} and {runstate.shown(path.with_name('REPORT.md'))}")
     return 0

@@ -8,12 +8,12 @@ SIGTERM or SIGHUP), stale (marked running but its process is gone: killed, e.g. 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from ntkrepro import runstate, timings
-from ntkrepro.registry import SCALES
+from ntkrepro.errors import ArgumentParser, one_line_errors
+from ntkrepro.registry import SCALES, figure_id
 
 COLUMNS = ("figure", "scale", "state", "claims", "time", "started", "folder")
 
@@ -53,9 +53,10 @@ def listing(out_root: Path, figure: str | None = None, scale: str | None = None)
     return table([COLUMNS, *(_row(f, r) for f, r in sorted(runs, key=_order))])
 
 
+@one_line_errors
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ntkrepro.runs", description=__doc__.split("\n")[0])
-    parser.add_argument("--figure", help="only this figure id")
+    parser = ArgumentParser(prog="python -m ntkrepro.runs", description=__doc__.split("\n")[0])
+    parser.add_argument("--figure", type=figure_id, help="only this figure id")
     parser.add_argument("--scale", choices=SCALES, help="only this scale")
     parser.add_argument("--out-root", default="outputs", type=Path, help="where the runs are (outputs)")
     parser.add_argument("--timings", action="store_true",

@@ -12,11 +12,12 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-from ntkrepro.errors import NtkreproError
+from ntkrepro.errors import ConfigError, NtkreproError
 
 log = logging.getLogger("ntkrepro")
 RUN_FILE = "run.json"
@@ -200,3 +201,30 @@ def link_latest(out_root: Path, figure_id: str, scale: str, run_dir: Path) -> No
         os.replace(tmp, link)
     except OSError as err:  # e.g. file systems without symlinks
         log.warning("could not update %s: %s", link, err)
+
+
+def out_root_of(overrides) -> Path:
+    """The out_root a command line's settings name (the last `out_root=...`), else conf/config.yaml's."""
+    roots = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("out_root=")]
+    if roots:
+        return Path(roots[-1])
+    from omegaconf import OmegaConf
+
+    from ntkrepro.registry import CONF_DIR
+    return Path(OmegaConf.load(CONF_DIR / "config.yaml").out_root)
+
+
+def check_can_hold_folders(root, setting: str = "out_root") -> None:
+    """`ConfigError` unless folders can be made at `root`: its deepest existing ancestor must be a
+    folder in which one can be made (tried with a temporary folder, removed at once; nothing else
+    is created), so a run fails before it writes anything, not with a traceback half-way."""
+    path = Path(root).expanduser().absolute()
+    base = next(p for p in (path, *path.parents) if p.exists())
+    if not base.is_dir():
+        raise ConfigError(f"{setting}={root} cannot hold output folders: {base} is a file; "
+                          f"set {setting}=<a writable folder>")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ntkrepro-probe-", dir=base))
+    except OSError as err:
+        raise ConfigError(f"{setting}={root} cannot hold output folders: no folder can be made in {base} "
+                          f"({err.strerror}); set {setting}=<a writable folder>") from None

@@ -13,7 +13,6 @@ figure and claim, PASS at how many of the seeds.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -22,15 +21,11 @@ from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
-from ntkrepro import manifest, runstate
-from ntkrepro.registry import SCALES, figure_ids
+from ntkrepro import manifest, preflight, runstate
+from ntkrepro.errors import ArgumentParser, one_line_errors
+from ntkrepro.registry import SCALES, figure_list, seed_list
 
 RESULTS = "results.jsonl"
-
-
-def _out_root(overrides) -> Path:
-    roots = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("out_root=")]
-    return Path(roots[-1] if roots else "outputs")
 
 
 def load_results(verify_dir: Path) -> list[dict]:
@@ -83,20 +78,22 @@ def table(results: list[dict], seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@one_line_errors
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ntkrepro.verify", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m ntkrepro.verify", description=__doc__.split("\n")[0])
     parser.add_argument("--scale", default="cpu", choices=SCALES)
-    parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--figures", default="", help="space-separated ids (default: every figure)")
+    parser.add_argument("--seeds", default="1,2,3", type=seed_list, help="comma-separated seeds")
+    parser.add_argument("--figures", default="", type=figure_list, help="space-separated ids (default: every figure)")
     parser.add_argument("overrides", nargs="*", help="settings passed to every run (setting=value)")
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    verify_dir = _out_root(args.overrides) / "verify"
+    seeds = args.seeds
+    preflight.check_runs(args.figures, args.scale, args.overrides)  # a bad setting: before any run
+    verify_dir = runstate.out_root_of(args.overrides) / "verify"
     verify_dir.mkdir(parents=True, exist_ok=True)
     version, settings = manifest.code_version(), sorted(o for o in args.overrides if not o.startswith("out_root="))
     done = {_key(r) for r in load_results(verify_dir)}
     runstate.install_signal_handlers()
-    for fid in args.figures.split() or figure_ids():
+    for fid in args.figures:
         for seed in seeds:
             if (fid, args.scale, seed, version, tuple(settings)) in done:
                 print(f"verify: {fid} seed {seed} already ran at code version {version}; skipped", flush=True)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from helpers import ENV, REPO, cli, error_line, finished_runs
+from helpers import ENV, REPO, cli, error_line, finished_runs, make
 from ntkrepro.cli import _title
 from ntkrepro import data
 from ntkrepro.registry import figure_ids
@@ -66,6 +66,19 @@ def test_bad_setting_is_one_line_exit_2_no_folder(tmp_path, args, message):
     line = error_line(res)
     assert line.startswith("error: ") and message in line, line
     assert not (tmp_path / "out").exists()  # not even an empty folder
+
+
+@pytest.mark.parametrize("below", ["", "runs/a"], ids=["the file itself", "a folder below it"])
+def test_out_root_that_cannot_hold_folders_is_one_line_exit_2(tmp_path, below):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the runs would go\n")
+    root = blocker / below if below else blocker
+    res = cli("figure=lee-s9", out_root=root)
+    assert res.returncode == 2, res.stdout + res.stderr
+    line = error_line(res)
+    assert line.startswith(f"error: out_root={root} cannot hold output folders: {blocker} is a file"), line
+    assert "set out_root=" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_folder"]  # nothing made, not even a probe
 
 
 # rejected by the run itself (the data): one line, exit 2, its folder removed
@@ -139,3 +152,51 @@ def test_hydra_flags_pass_through(tmp_path):
     res = cli("--cfg", "job", "figure=lee-1", "figure.paper.panels.mnist_relu.steps=4", out_root=tmp_path)
     assert res.returncode == 0 and "steps: 4" in res.stdout
     assert not any(tmp_path.iterdir())
+
+
+# the other commands (make figures / verify / plan / report / runs, bench, collect): the same convention
+def _blocker(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder\n")
+    return tmp_path / "a_file"
+
+
+OTHER_COMMANDS = [
+    (lambda o, f: ["verify", "SEEDS=abc", "FIGURES=jacot-1", f"ARGS=out_root={o}"],
+     "argument --seeds: seeds must be comma-separated non-negative integers"),
+    (lambda o, f: ["verify", "SEEDS=1", "FIGURES=jacot-1 nonexist", f"ARGS=out_root={o}"],
+     "argument --figures: unknown figure 'nonexist'"),
+    (lambda o, f: ["verify", "SEEDS=1", "FIGURES=jacot-1", f"ARGS=out_root={o} figure.cpu.widthz=3"],
+     "unknown setting figure.cpu.widthz for figure jacot-1"),
+    (lambda o, f: ["figures", "FIGURES=nonexist", f"ARGS=out_root={o}"], "argument --figures: unknown figure"),
+    (lambda o, f: ["figures", "FIGURES=jacot-1 lee-s9", f"ARGS=out_root={o} seed=-1"],
+     "seed must be a non-negative integer, got -1"),
+    (lambda o, f: ["figures", "FIGURES=jacot-1", f"ARGS=out_root={f}/runs"],
+     f"cannot hold output folders: {{f}} is a file"),
+    (lambda o, f: ["plan", "FIGURES=nonexist"], "argument --figures: unknown figure 'nonexist'"),
+    (lambda o, f: ["plan", "FIGURES=lee-s9", "SHARDS=0"], "--shards must be a positive integer, got 0"),
+    (lambda o, f: ["plan", "FIGURES=lee-s9", "ARGS=figure.paper.widthz=3"], "unknown setting figure.paper.widthz"),
+    (lambda o, f: ["report", f"ARGS=--out-root={o} --dest={f}/report"], "--dest="),
+    (lambda o, f: ["runs", f"ARGS=--out-root={o} --figure=nonexist"], "argument --figure: unknown figure"),
+    (lambda o, f: ["collect"], "the following arguments are required: folders"),
+]
+
+
+@pytest.mark.parametrize("argv,message", OTHER_COMMANDS, ids=[f"{i}" for i in range(len(OTHER_COMMANDS))])
+def test_other_commands_reject_bad_input_in_one_line(tmp_path, argv, message):
+    out, blocker = tmp_path / "out", _blocker(tmp_path)
+    res = make(*argv(out, blocker), timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("make")]
+    assert res.returncode != 0 and len(lines) == 1, res.stdout[-2000:] + res.stderr[-2000:]
+    assert lines[0].startswith("error: ") and message.format(f=blocker) in lines[0], lines[0]
+    assert "Traceback" not in res.stdout + res.stderr and "usage:" not in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # nothing written, not even out_root
+
+
+@pytest.mark.parametrize("args,message", [(["--cases", "99"], "--cases must list numbers among"),
+                                          (["--quick", "--cases", "3", "--out", "{f}"], "--out={f} cannot hold")])
+def test_bench_rejects_bad_input_in_one_line(tmp_path, args, message):
+    blocker = _blocker(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "ntkrepro.bench", *[a.format(f=blocker) for a in args]],
+                         capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
+    assert res.returncode == 2 and message.format(f=blocker) in error_line(res)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

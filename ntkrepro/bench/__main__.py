@@ -1,7 +1,6 @@
 """`python -m ntkrepro.bench [--quick | --full] [--cases 1,3] [--reps K] [--no-memory | --memory]`."""
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -11,12 +10,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from ntkrepro import runstate
 from ntkrepro.bench import cases as cases_mod
 from ntkrepro.bench import report
+from ntkrepro.errors import ArgumentParser, one_line_errors
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m ntkrepro.bench",
+    p = ArgumentParser(prog="python -m ntkrepro.bench",
                                 description="ntkrepro vs neural-tangents 0.6.5 benchmark")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run, < 1 min)")
@@ -77,8 +78,10 @@ def _worker(argv, timeout, env=None) -> dict:
             pass
 
 
+@one_line_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
+    runstate.check_can_hold_folders(args.out, "--out")
     t_start = time.time()
     started = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out_dir = Path(args.out) / started
