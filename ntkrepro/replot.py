@@ -29,7 +29,8 @@ def replot(run_dir: Path) -> list[claims_mod.Claim]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m ntkrepro.replot <run_dir>", file=sys.stderr)
+        print("error: give one run folder: python -m ntkrepro.replot <run_dir> (e.g. outputs/<id>/<scale>/latest)",
+              file=sys.stderr)
         return 2
     try:
         result = replot(Path(argv[0]))

@@ -192,11 +192,14 @@ def test_other_commands_reject_bad_input_in_one_line(tmp_path, argv, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # nothing written, not even out_root
 
 
-@pytest.mark.parametrize("args,message", [(["--cases", "99"], "--cases must list numbers among"),
-                                          (["--quick", "--cases", "3", "--out", "{f}"], "--out={f} cannot hold")])
-def test_bench_rejects_bad_input_in_one_line(tmp_path, args, message):
+@pytest.mark.parametrize("module,args,message", [
+    ("ntkrepro.bench", ["--cases", "99"], "--cases must list numbers among"),
+    ("ntkrepro.bench", ["--quick", "--cases", "3", "--out", "{f}"], "--out={f} cannot hold"),
+    ("ntkrepro.replot", [], "give one run folder"),
+    ("ntkrepro.replot", ["{f}"], "{f}/settings.yaml not found")])
+def test_python_m_commands_reject_bad_input_in_one_line(tmp_path, module, args, message):
     blocker = _blocker(tmp_path)
-    res = subprocess.run([sys.executable, "-m", "ntkrepro.bench", *[a.format(f=blocker) for a in args]],
+    res = subprocess.run([sys.executable, "-m", module, *[a.format(f=blocker) for a in args]],
                          capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
     assert res.returncode == 2 and message.format(f=blocker) in error_line(res)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
