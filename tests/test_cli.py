@@ -171,7 +171,7 @@ OTHER_COMMANDS = [
     (lambda o, f: ["figures", "FIGURES=jacot-1 lee-s9", f"ARGS=out_root={o} seed=-1"],
      "seed must be a non-negative integer, got -1"),
     (lambda o, f: ["figures", "FIGURES=jacot-1", f"ARGS=out_root={f}/runs"],
-     f"cannot hold output folders: {{f}} is a file"),
+     "cannot hold output folders: {f} is a file"),
     (lambda o, f: ["plan", "FIGURES=nonexist"], "argument --figures: unknown figure 'nonexist'"),
     (lambda o, f: ["plan", "FIGURES=lee-s9", "SHARDS=0"], "--shards must be a positive integer, got 0"),
     (lambda o, f: ["plan", "FIGURES=lee-s9", "ARGS=figure.paper.widthz=3"], "unknown setting figure.paper.widthz"),
@@ -181,7 +181,8 @@ OTHER_COMMANDS = [
 ]
 
 
-@pytest.mark.parametrize("argv,message", OTHER_COMMANDS, ids=[f"{i}" for i in range(len(OTHER_COMMANDS))])
+@pytest.mark.parametrize("argv,message", OTHER_COMMANDS,
+                         ids=[f"{a('o', 'f')[0]}-{i}" for i, (a, _) in enumerate(OTHER_COMMANDS)])
 def test_other_commands_reject_bad_input_in_one_line(tmp_path, argv, message):
     out, blocker = tmp_path / "out", _blocker(tmp_path)
     res = make(*argv(out, blocker), timeout=300)
