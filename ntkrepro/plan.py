@@ -36,6 +36,9 @@ def jobs(fid: str, scale: str, overrides=(), shards: int = 1, first_only: bool =
     each job's first point only, a quick check that the cost model compiles at these settings)."""
     import jax
 
+    # checked for this figure (one line on a setting it lacks) and written as the command line
+    # writes them (`++figure...`: a setting its preset leaves out is added)
+    overrides = preflight.check([f"figure={fid}", f"scale={scale}", *overrides], multirun=False)
     _, run_cfg, module = compose(fid, scale, overrides)
     jax.config.update("jax_enable_x64", True)
     cost = getattr(module, "cost", None)
@@ -68,8 +71,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.shards < 1:
         parser.error(f"--shards must be a positive integer, got {args.shards}")
-    for fid in args.figures:  # a bad setting: one line before any plan
-        preflight.check([f"figure={fid}", f"scale={args.scale}", *args.overrides], multirun=False)
+    preflight.check_runs(args.figures, args.scale, args.overrides, out_root=False)  # nothing is written
     worst = 0
     for fid in args.figures:
         try:

@@ -212,10 +212,11 @@ def check_out_root(overrides: list[str]) -> None:
         runstate.check_can_hold_folders(root)
 
 
-def check_runs(figures: list[str], scale: str, overrides: list[str]) -> None:
-    """The runs a batch command (`make figures`, `make verify`) will start, checked before any starts:
-    a setting that no listed figure accepts (a typo, `seed=-1`) is `ConfigError`, one line; one that
-    only some figures have is left to the runs (the others fail in the batch's table), and the out_root."""
+def check_runs(figures: list[str], scale: str, overrides: list[str], out_root: bool = True) -> None:
+    """The runs a batch command (`make figures`, `make verify`, `make plan`) will start, checked before
+    any starts: a setting that no listed figure accepts (a typo, `seed=-1`) is `ConfigError`, one line;
+    one that only some figures have is left to the runs (the others fail in the batch's table); and
+    (`out_root`) the out_root."""
     parsed = _parse(overrides)
     groups = [o.input_line for o in parsed if _is_group(o)]  # a figure setting may live in a chosen group
     for override in parsed:
@@ -229,4 +230,5 @@ def check_runs(figures: list[str], scale: str, overrides: list[str]) -> None:
                 errors.append(err)
         if errors and len(errors) == len(figures):
             raise errors[0]
-    check_out_root(overrides)
+    if out_root:
+        check_out_root(overrides)

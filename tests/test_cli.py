@@ -204,3 +204,13 @@ def test_python_m_commands_reject_bad_input_in_one_line(tmp_path, module, args, 
                          capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
     assert res.returncode == 2 and message.format(f=blocker) in error_line(res)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_plan_goes_on_past_a_figure_that_lacks_a_setting():
+    # figure.smoke.n_show exists for lee-s10 but not for liu-2 (as in make figures): liu-2 gets one line,
+    # lee-s10 is still planned; a setting no listed figure has stops before any plan (OTHER_COMMANDS)
+    res = make("plan", "SCALE=smoke", "FIGURES=liu-2 lee-s10", "ARGS=figure.smoke.n_show=3", timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("make")]
+    assert res.returncode != 0 and lines == [lines[0]] and lines[0].startswith(
+        "error: liu-2: unknown setting figure.smoke.n_show for figure liu-2"), res.stderr[-2000:]
+    assert "plan: lee-s10 at scale smoke" in res.stdout and "Traceback" not in res.stderr
