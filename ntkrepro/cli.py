@@ -105,12 +105,17 @@ def _preflight(argv: list[str]) -> list[str]:
     return flags + checked
 
 
+def _settings(argv: list[str]) -> list[str]:
+    """The `key=value` settings of an argv (no flags such as -m or --cfg)."""
+    return [a for a in argv if "=" in a and not a.startswith("-")]
+
+
 def _plan(argv: list[str]) -> bool:
     """`plan=true`: print the cost plan of the run and return True (nothing runs, no folder)."""
     from ntkrepro import plan
     from ntkrepro.preflight import _parse, _values
 
-    parsed = {o.key_or_group: o for o in _parse([a for a in argv if "=" in a and not a.startswith("-")])}
+    parsed = {o.key_or_group: o for o in _parse(_settings(argv))}
     if "plan" not in parsed or _values(parsed["plan"]) != [True]:
         return False
     if "-m" in argv or "--multirun" in argv:
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         hydra_argv = _preflight(argv)
         if _plan(hydra_argv):
             sys.exit(0)
-        preflight.check_out_root([a for a in hydra_argv if "=" in a and not a.startswith("-")])
+        preflight.check_out_root(_settings(hydra_argv))
     except NtkreproError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
