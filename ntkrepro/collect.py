@@ -6,13 +6,14 @@ The parts are the run folders below the given folders whose run.json says `shard
 `python -m ntkrepro figure=<id> shards=<n> shard=<k>`, usually as a sweep `-m ... 'shard=range(n)'`).
 For each (figure, scale) the parts must be all of 0..n-1, finished, with the same settings and the
 same code version; otherwise collect names what is missing or different and exits 2 without writing
-anything.  The merged run is written to `<sweep folder>/<id>/<scale>/collected-<token>/` as a
-finished run (run.json, metrics.csv, settings.yaml, figure, claims.json, manifest.json listing the
+anything.  The merged run is written beside its parts (into the folder that holds them all, for a
+split run its sweep folder: `<sweep folder>/collected-<token>/`) as a finished run (run.json, metrics.csv, settings.yaml, figure, claims.json, manifest.json listing the
 parts), and `<out_root>/<id>/<scale>/latest` points at it.
 """
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
 from collections import defaultdict
@@ -75,13 +76,13 @@ def merge(parts: list[tuple[Path, dict]]) -> pd.DataFrame:
     return pd.concat([pd.read_csv(p / "metrics.csv") for p, _ in parts], ignore_index=True)
 
 
-def collect_one(key, parts, where: Path) -> Path:
-    """Write the merged run of one (figure, scale) below `where`; returns its folder."""
+def collect_one(key, parts) -> Path:
+    """Write the merged run of one (figure, scale) beside its parts; returns its folder."""
     parts = _check(key, parts)
     first_path, first = parts[0]
     cfg = OmegaConf.load(first_path / SETTINGS_FILE)
     metrics = merge(parts)
-    out = where / str(key[0]) / str(key[1]) / f"collected-{secrets.token_hex(3)}"
+    out = Path(os.path.commonpath([p.parent for p, _ in parts])) / f"collected-{secrets.token_hex(3)}"
     folder = runstate.RunFolder(out)
     folder.claim(figure=key[0], scale=key[1], seed=first.get("seed"), command=" ".join(sys.argv),
                  settings_hash=first["settings_hash"], code_version=first["code_version"],
@@ -107,7 +108,7 @@ def collect(folders) -> list[Path]:
     groups = find_parts(folders)
     for key, parts in groups.items():  # check everything before writing anything
         _check(key, parts)
-    return [collect_one(key, parts, Path(folders[0])) for key, parts in groups.items()]
+    return [collect_one(key, parts) for key, parts in groups.items()]
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """Split runs on a cluster: one fixed folder per run, and only the missing parts submitted again.
 
 `python -m ntkrepro -m figure=<id> scale=<scale> shards=<n> 'shard=range(<n>)' [hydra/launcher=slurm_gpu]`
-writes its parts to `<out_root>/shards/<id>/<scale>/<key>/<id>/<scale>/shard=<k>/`, where <key> is a
+writes its parts to `<out_root>/shards/<id>/<scale>/<key>/shard=<k>/`, where <key> is a
 hash of the settings given on the command line and of the code version: the same command finds the
 same folder.  Before launching, the parts already finished there are left out of the sweep (if all
 are, nothing is launched and the collect command is printed), and a part that was interrupted or
@@ -76,5 +76,5 @@ def prepare(overrides: list[str], multirun: bool) -> list[str]:
     shard = f"shard={','.join(map(str, todo))}"
     if multirun:
         return [*kept, shard, f"hydra.sweep.dir='{sweep}'",
-                "hydra.sweep.subdir='${figure.id}/${scale}/shard=${shard}'"]
-    return [*kept, shard, f"hydra.run.dir='{sweep}/${{figure.id}}/${{scale}}/shard=${{shard}}'"]
+                "hydra.sweep.subdir='shard=${shard}'"]
+    return [*kept, shard, f"hydra.run.dir='{sweep}/shard=${{shard}}'"]

@@ -72,6 +72,9 @@ def test_split_through_the_command_line_and_collect(tmp_path):
     col = cli(str(sweep), out_root=tmp_path, module="ntkrepro.collect")
     assert col.returncode == 0, col.stderr[-3000:]
     (unsplit,), (collected,) = _finished(tmp_path / "whole", "lee-s10"), _finished(tmp_path / "split", "lee-s10")
+    # one folder throughout: the parts and the merged run lie in the sweep folder the hints name
+    assert sorted(p.name for p in sweep.glob("shard=*")) == ["shard=0", "shard=1"]
+    assert collected.parent == sweep and f"python -m ntkrepro.collect {sweep}" in res.stdout
     assert compare(_sorted(_metrics(unsplit)), _sorted(_metrics(collected)), rtol=1e-6, atol=1e-9) == []
     assert json.loads((collected / "claims.json").read_text()) and (collected / "lee-s10.png").is_file()
 
