@@ -161,7 +161,8 @@ def build(out_root: Path, dest: Path) -> Path:
 @one_line_errors
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m ntkrepro.report", description=__doc__.split("\n")[0])
-    parser.add_argument("--out-root", default="outputs", type=Path)
+    parser.add_argument("--out-root", default=runstate.out_root_of([]), type=Path,
+                        help="where the runs are (default: conf/config.yaml's out_root)")
     parser.add_argument("--dest", default=None, type=Path, help="default: <out-root>/report")
     args = parser.parse_args(argv)
     runstate.check_can_hold_folders(args.dest or args.out_root / "report", "--dest")

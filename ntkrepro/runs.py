@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m ntkrepro.runs", description=__doc__.split("\n")[0])
     parser.add_argument("--figure", type=figure_id, help="only this figure id")
     parser.add_argument("--scale", choices=SCALES, help="only this scale")
-    parser.add_argument("--out-root", default="outputs", type=Path, help="where the runs are (outputs)")
+    parser.add_argument("--out-root", default=runstate.out_root_of([]), type=Path,
+                        help="where the runs are (default: conf/config.yaml's out_root)")
     parser.add_argument("--timings", action="store_true",
                         help="rewrite conf/timings.yaml from the latest finished runs")
     args = parser.parse_args(argv)
