@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import REPO, cli, compose_in_process, run_files, run_in_process
+from helpers import REPO, cli, compose_in_process, make, run_files, run_in_process
 from smoke_pin import PIN_TOLERANCE, compare, pinned
 
 from ntkrepro import runstate
@@ -91,6 +91,28 @@ def test_two_job_split_through_submitit_local_and_collect(tmp_path):
     assert col.returncode == 0, col.stderr[-3000:]
     (latest := tmp_path / "lee-s10" / "smoke" / "latest").resolve()
     assert latest.is_symlink() and "collected-" in os.readlink(latest)
+
+
+def test_the_readme_cluster_workflow_through_make(tmp_path):
+    """The README's steps 1-5 as typed (with submitit's local launcher for Slurm and smoke scale):
+    plan, submit, watch, submit again (nothing left to run: it names the collect command), collect."""
+    plan = make("plan", "FIGURES=lee-s10", "SHARDS=2", "SCALE=smoke", timeout=300)
+    assert plan.returncode == 0 and "lee-s10 shard=1" in plan.stdout, plan.stderr[-3000:]
+    submit = ("figure-lee-s10", "SCALE=smoke", "SHARDS=2", "LAUNCHER=local", f"ARGS=out_root={tmp_path}")
+    first = make(*submit)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (sweep,) = (tmp_path / "shards" / "lee-s10" / "smoke").iterdir()
+    watch = make("runs", f"ARGS=--figure lee-s10 --scale smoke --out-root {tmp_path}")
+    rows = [ln for ln in watch.stdout.splitlines() if f"{sweep}/shard=" in ln]
+    assert watch.returncode == 0 and len(rows) == 2 and all(" finished " in r for r in rows), watch.stdout
+    again = make(*submit)
+    assert again.returncode == 0 and "all 2 requested parts have finished" in again.stdout, again.stderr[-3000:]
+    assert f"python -m ntkrepro.collect {sweep}" in again.stdout
+    merged = make("collect", f"DIR={sweep}")
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    (collected,) = sweep.glob("collected-*")
+    assert (collected / "claims.json").is_file() and (collected / "metrics.csv").is_file()
+    assert (tmp_path / "lee-s10" / "smoke" / "latest").resolve() == collected.resolve()
 
 
 def test_running_the_same_split_again_computes_only_what_is_missing(tmp_path):
