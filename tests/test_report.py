@@ -3,7 +3,6 @@ valid HTML whose every image exists; verify tabulates claims per seed and skips 
 from __future__ import annotations
 
 from html.parser import HTMLParser
-from pathlib import Path
 
 from helpers import cli, make
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 
 from helpers import REPO, cli, compose_in_process, make, run_files, run_in_process
 from smoke_pin import PIN_TOLERANCE, compare, pinned
