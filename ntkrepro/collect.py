@@ -6,9 +6,10 @@ The parts are the run folders below the given folders whose run.json says `shard
 `python -m ntkrepro figure=<id> shards=<n> shard=<k>`, usually as a sweep `-m ... 'shard=range(n)'`).
 For each (figure, scale) the parts must be all of 0..n-1, finished, with the same settings and the
 same code version; otherwise collect names what is missing or different and exits 2 without writing
-anything.  The merged run is written beside its parts (into the folder that holds them all, for a
-split run its sweep folder: `<sweep folder>/collected-<token>/`) as a finished run (run.json, metrics.csv, settings.yaml, figure, claims.json, manifest.json listing the
-parts), and `<out_root>/<id>/<scale>/latest` points at it.
+anything.  The merged run is written beside its parts (into the folder that holds them all; for a
+split run its sweep folder: `<sweep folder>/collected-<token>/`) as a finished run (run.json,
+metrics.csv, settings.yaml, figure, claims.json, manifest.json listing the parts), and
+`<out_root>/<id>/<scale>/latest` points at it.
 """
 from __future__ import annotations
 
