@@ -214,3 +214,16 @@ def test_plan_goes_on_past_a_figure_that_lacks_a_setting():
     assert res.returncode != 0 and lines == [lines[0]] and lines[0].startswith(
         "error: liu-2: unknown setting figure.smoke.n_show for figure liu-2"), res.stderr[-2000:]
     assert "plan: lee-s10 at scale smoke" in res.stdout and "Traceback" not in res.stderr
+
+
+def test_make_bench_writes_the_side_by_side_table(tmp_path):
+    """`make bench` as typed (one quick case): both libraries timed on the same inputs, values
+    compared, bench.csv and bench.md written in a run folder of its own."""
+    import pandas as pd
+
+    res = make("bench", f"ARGS=--quick --cases 3 --out {tmp_path}", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run,) = tmp_path.iterdir()
+    table = pd.read_csv(run / "bench.csv")
+    assert set(table.side) == {"ours", "nt"} and (table.best_s > 0).all()
+    assert (table.rel_diff_norm < 1e-6).all() and "| 3 |" in (run / "bench.md").read_text()
