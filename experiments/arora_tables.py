@@ -450,8 +450,7 @@ def cost(cfg, point) -> list[costs.Cost]:
     d = int(point["depth"])
     if _kind(column) == "RF":
         spec = rf_spec(cfg, p, d)
-        params = jax.eval_shape(lambda k: spec.init(k, jnp.zeros((1, *image), dtype), dtype=dtype),
-                                jax.random.PRNGKey(0))
+        params = spec.param_shapes(jax.ShapeDtypeStruct((1, *image), dtype))
         return [_kernel_cost(f"{column} depth {d}, {int(cfg.rf.draws)} draws", spec.empirical_ntk, image,
                              n_tr, n_te, 16, dtype, int(cfg.rf.draws), params)]
     return _cnn_cost(cfg, p, d, n_tr, image)

@@ -96,7 +96,7 @@ def cost(cfg, point) -> list[costs.Cost]:
                          shapes["y_train"], int(cfg.steps), dtype=dt, record_points=2)
     x0 = jax.ShapeDtypeStruct(tasks.shapes(cfg.circle)["x_train"], jnp.float64)
     xs = jax.ShapeDtypeStruct(tasks.shapes(cfg.circle)["x_test"], jnp.float64)
-    params = jax.eval_shape(lambda k, u: spec.init(k, u), jax.random.PRNGKey(0), x0)
+    params = spec.param_shapes(x0)
     out.append(costs.analyse(f"{name}: NTK", spec.empirical_ntk, params, x0, xs, calls=2))
     if point == points(cfg)[0]:
         out.append(costs.analyse("analytic Theta_inf", lambda a, b: models.from_config(cfg).analytic(a, b).ntk,

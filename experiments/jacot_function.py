@@ -116,7 +116,7 @@ def cost(cfg, point) -> list[costs.Cost]:
     if point["part"] == "limit":
         x = jax.ShapeDtypeStruct((n_all, 2), jnp.float64)
         ref = models.from_config(cfg, width=cfg.ref_width)
-        params = jax.eval_shape(lambda k, u: ref.init(k, u), jax.random.PRNGKey(0), x)
+        params = ref.param_shapes(x)
         return [costs.analyse("analytic kernels", lambda u: models.from_config(cfg).analytic(u), x),
                 costs.analyse(f"n={cfg.ref_width} kernels", lambda q, u: (mlp_nngp(ref.module, q, u),
                                                                            ref.empirical_ntk(q, u)), params, x)]

@@ -139,7 +139,7 @@ def cost(cfg, point) -> list[costs.Cost]:
     if point["part"] == "pca":
         x = jax.ShapeDtypeStruct(shapes["x_train"], jnp.float64)
         pca = models.from_config(cfg, width=cfg.pca_width)
-        params = jax.eval_shape(lambda k, u: pca.init(k, u), jax.random.PRNGKey(0), x)
+        params = pca.param_shapes(x)
         return [costs.analyse(f"NTK Gram n={cfg.pca_width}", pca.empirical_ntk, params, x),
                 costs.analyse("analytic NTK", lambda u: pca.analytic(u).ntk, x)]
     spec, dt, n = models.from_config(cfg, width=point["width"]), precision.train_dtype(cfg), int(cfg.n_train)

@@ -249,7 +249,7 @@ def cost(cfg, point) -> list[costs.Cost]:
     records = len(log_steps(int(cfg.steps), int(cfg.record_points)))
     n, dims = sh["x_train"][0], sh["x_train"][1:]
     x_all = jax.ShapeDtypeStruct((n + sh["x_test"][0], *dims), dt if _trained(cfg, model) else kt)
-    params = jax.eval_shape(lambda k, u: spec.init(k, u), jax.random.PRNGKey(0), x_all)
+    params = spec.param_shapes(x_all)
     if _trained(cfg, model):
         tr = trainer(cfg, spec, model)
         return costs.training(model, tr, spec, sh["x_train"], sh["y_train"], int(cfg.steps), dtype=dt) + \

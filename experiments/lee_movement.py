@@ -183,7 +183,7 @@ def cost(cfg, point) -> list[costs.Cost]:
     out = costs.training(name, trainer_for(spec, lr), spec, shape["x_train"], shape["y_train"], steps,
                          dtype=precision.train_dtype(p), record_points=len(set(grid) | set(marks)))
     x64 = jax.ShapeDtypeStruct(shape["x_train"], precision.kernel_dtype())
-    params = jax.eval_shape(lambda k, u: spec.init(k, u), jax.random.PRNGKey(0), x64)
+    params = spec.param_shapes(x64)
     return out + [costs.analyse(f"{name}: kernels", lambda q, u: kernels_at(spec, q, u), params, x64,
                                 calls=1 + len(marks))]
 

@@ -179,7 +179,7 @@ def cost(cfg, point) -> list[costs.Cost]:
     out = costs.training(f"{name} {point['activation']}-{point['loss']}-{point['parameterization']}: "
                          f"{n_lr} learning rates", trainer, spec, shp["x_train"], shp["y_train"], steps,
                          dtype=dt, models=n_lr)
-    params = jax.eval_shape(lambda: spec.init(jax.random.PRNGKey(0), jnp.zeros((1, *shp["x_train"][1:]), dt)))
+    params = spec.param_shapes(jax.ShapeDtypeStruct((1, *shp["x_train"][1:]), dt))
     xy = {k: jax.ShapeDtypeStruct(v, dt) for k, v in shp.items()}
     xb, yb = (jax.ShapeDtypeStruct((batch, *shp[k][1:]), dt) for k in ("x_train", "y_train"))
     loss = lambda p, u, v: trainer.loss_fn(spec.apply(p, u), v)  # noqa: E731

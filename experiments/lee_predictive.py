@@ -102,7 +102,7 @@ def draw_params(spec: models.ModelSpec, key, x, dtype):
     """N(0, 1) parameters (NTK parameterization, Eq. 1) of `spec` for inputs like x, from `key` split
     2 (L + 2) ways: layer l's weights from key 2l, its bias (if any) from key 2l + 1 (the draws of
     this module's earlier hand-written MLP, so the ensemble is the same)."""
-    shapes = jax.eval_shape(lambda: spec.init(jax.random.PRNGKey(0), jnp.asarray(x[:1], dtype)))
+    shapes = spec.param_shapes(x, dtype)
     keys = jax.random.split(key, 2 * (int(spec.depth) + 2))
     return {layer: {name: jax.random.normal(keys[2 * int(layer.split("_")[1]) + (name == "bias")],
                                             leaf.shape, dtype) for name, leaf in leaves.items()}
@@ -263,7 +263,7 @@ def cost(cfg, point) -> list[costs.Cost]:
     _, count = members_of(cfg, point)
     out = costs.training(f"chunk {point['chunk']}: {count} networks", trainer_of(cfg, net), net, (n, d),
                          (n, 1), int(times[-1]), dtype=dtype, record_points=len(times), models=count)
-    params = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, d), dtype)))
+    params = net.param_shapes(jax.ShapeDtypeStruct((1, d), dtype))
     out.append(costs.analyse("outputs on the path", net.apply, params,
                              jax.ShapeDtypeStruct((n_alpha, d), dtype), calls=len(times) * count))
     if point["chunk"] == 0:

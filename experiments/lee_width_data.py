@@ -291,7 +291,7 @@ def cost(cfg, point) -> list[costs.Cost]:
         x64, xt64 = (jax.ShapeDtypeStruct(s.shape, jnp.float64) for s in (x, xt))
         out = costs.training(f"{name}: network", _trainers(spec.apply, False)[0], spec, x.shape, y.shape,
                              steps, dtype=dt)
-        params = jax.eval_shape(spec.init, jax.random.PRNGKey(0), x64)
+        params = spec.param_shapes(x64)
         out.append(costs.analyse(f"{name}: NTK (float64)",
                                  lambda q, a, b: (spec.empirical_ntk(q, a), spec.empirical_ntk(q, b, a)),
                                  params, x64, xt64))
@@ -301,7 +301,7 @@ def cost(cfg, point) -> list[costs.Cost]:
     net, lin = _trainers(apply_fn, True)
     out = costs.training(f"{name}: network", net, spec, x.shape, y.shape, steps, dtype=dt)
     out += costs.training(f"{name}: linearization", lin, spec, x.shape, y.shape, steps, dtype=dt)
-    params = jax.eval_shape(spec.init, jax.random.PRNGKey(0), x)
+    params = spec.param_shapes(x)
     out.append(costs.analyse(f"{name}: power iteration", functools.partial(_ntk_matvec, apply_fn), params, x,
                              jax.ShapeDtypeStruct(y.shape, dt), calls=int(cfg.power_iterations)))
     out.append(costs.analyse(f"{name}: test outputs", apply_fn, params, xt, calls=4))

@@ -232,7 +232,7 @@ def cost(cfg, point) -> list[costs.Cost]:
     out = costs.training(model, tr, spec, shapes["x_train"], shapes["y_train"], steps, dtype=dtype)
     records = len(set(log_steps(steps, int(cfg.record_points)).tolist()) | {steps})
     chunk = jax.ShapeDtypeStruct((int(cfg.eval_chunk), *shapes["x_train"][1:]), dtype)
-    params = jax.eval_shape(lambda k, u: spec.init(k, u), jax.random.PRNGKey(0), chunk)
+    params = spec.param_shapes(chunk)
     n_eval = int(cfg.n_eval_train) + shapes["x_test"][0]
     out.append(costs.analyse(f"{model}: evaluate {cfg.eval_chunk} points", tr.model_output, params, params,
                              chunk, calls=records * -(-n_eval // int(cfg.eval_chunk))))

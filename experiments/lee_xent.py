@@ -226,14 +226,14 @@ def cost(cfg, point) -> list[costs.Cost]:
         for label, t in (("network", trainer), ("linearization", trainer.linearization())):
             out += costs.training(f"{name}: {label}", t, spec, shape["x_train"], shape["y_train"],
                                   int(cfg.steps), dtype=dt)
-            state = jax.eval_shape(t.init, jax.eval_shape(lambda q, u: spec.init(q, u), jax.random.PRNGKey(0), xc))
+            state = jax.eval_shape(t.init, spec.param_shapes(xc))
             out.append(costs.analyse(f"{name}: {label} logits", lambda s, u, t=t: t.model_output(s.params0, s.variable, u),
                                      state, xc, calls=calls))
         return out
     kt, n, m = precision.kernel_dtype(), int(cfg.n_ode), int(cfg.n_ode_test)
     n, m = min(n, shape["x_train"][0]), min(m, shape["x_test"][0])
     x, xt = (jax.ShapeDtypeStruct((r, *shape["x_train"][1:]), kt) for r in (n, m))
-    params = jax.eval_shape(lambda q, u: spec.init(q, u), jax.random.PRNGKey(0), x)
+    params = spec.param_shapes(x)
     theta = jax.ShapeDtypeStruct((n * k, n * k), kt)
     field = costs.analyse(f"{name}: ODE field", lambda th, f: th @ jax.nn.softmax(f, axis=-1).reshape(-1), theta,
                           jax.ShapeDtypeStruct((n, k), kt), calls=6 * int(cfg.ode_steps))

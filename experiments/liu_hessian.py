@@ -179,7 +179,7 @@ def cost(cfg, point) -> list[costs.Cost]:
     probes = len({int(s) for s in cfg.hessian_steps if 0 <= int(s) <= steps} | {steps})
     name = f"{point['cls']} m={int(point['width'])}"
     x = jax.ShapeDtypeStruct(shapes["x_train"], dtype)
-    params = jax.eval_shape(lambda key, u: f.spec.init(key, u), jax.random.PRNGKey(0), x)
+    params = f.spec.param_shapes(x)
     one = jax.ShapeDtypeStruct((1, *shapes["x_train"][1:]), dtype)
     trainer = train.Trainer(f, loss="mse", lr=1.0)
     fit = costs.training(name, trainer, f.spec, shapes["x_train"], shapes["y_train"], steps, dtype=dtype,

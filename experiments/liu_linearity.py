@@ -151,7 +151,7 @@ def cost(cfg, point) -> list[costs.Cost]:
     trainer = train.Trainer(OutputModel(spec, output), loss="mse", lr=1.0)
     name = ", ".join(f"{k}={v}" for k, v in {**common, "output": output}.items())
     x = jax.ShapeDtypeStruct(shapes["x_train"], dtype)
-    params = jax.eval_shape(lambda key, u: spec.init(key, u), jax.random.PRNGKey(0), x)
+    params = spec.param_shapes(x)
     measured = _measured(cfg, output)
     return [*costs.training(name, trainer, spec, shapes["x_train"], shapes["y_train"], steps, dtype=dtype,
                             record_points=records),

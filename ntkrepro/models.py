@@ -107,6 +107,11 @@ class ModelSpec:
         x = jnp.asarray(x[:1], dtype) if dtype is not None else jnp.asarray(x[:1])
         return _init(self, key, x)
 
+    def param_shapes(self, x, dtype=None):
+        """The parameters `init` would return, as shapes and dtypes only (`jax.eval_shape`: nothing
+        is computed); `x` an array or a `jax.ShapeDtypeStruct` batch.  For cost plans."""
+        return jax.eval_shape(lambda k, u: self.init(k, u, dtype), jax.random.PRNGKey(0), x)
+
     def init_normal(self, rng: np.random.Generator, x, dtype=None):
         """NTK parameterization only: every parameter N(0, 1), drawn by numpy `rng` into the shapes
         of `init` (nothing is compiled: fast for sweeps over many widths)."""
