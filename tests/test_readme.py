@@ -1,5 +1,6 @@
 """The README's commands work as written: every smoke-scale `python -m ntkrepro ...` / `make figure-...`
-line, `--help` and `python -m ntkrepro.runs` of its shell blocks runs (into a temporary out_root)."""
+line, `--help`, `python -m ntkrepro.runs` and `make plan` (any scale: it runs nothing) of its shell
+blocks runs (into a temporary out_root)."""
 from __future__ import annotations
 
 import re
@@ -20,8 +21,9 @@ def shell_lines(text: str) -> list[str]:
 
 
 def runnable(line: str) -> bool:
-    """Smoke-scale figure runs, help and the runs listing (cpu and paper runs take minutes to hours)."""
-    if line.startswith("python -m ntkrepro.runs"):
+    """Smoke-scale figure runs, help, the runs listing and cost plans (cpu and paper runs take
+    minutes to hours; a plan of any scale runs nothing)."""
+    if line.startswith(("python -m ntkrepro.runs", "make plan")):
         return True
     if line.startswith("python -m ntkrepro "):
         return "scale=smoke" in line or line.endswith("--help")
@@ -40,6 +42,8 @@ def test_readme_has_commands_to_check():
 def as_run(line: str, out_root) -> list[str]:
     """The line as written, with this interpreter and the outputs sent to out_root."""
     words = shlex.split(line)
+    if words[:2] == ["make", "plan"]:  # writes nothing: no out_root
+        return ["make", "--no-print-directory", f"PY={sys.executable}", *words[1:]]
     if words[0] == "make":
         return ["make", "--no-print-directory", f"PY={sys.executable}", *words[1:], f"ARGS=out_root={out_root}"]
     words[0] = sys.executable
@@ -52,6 +56,8 @@ def as_run(line: str, out_root) -> list[str]:
 def test_readme_command_works_as_written(tmp_path, line):
     res = subprocess.run(as_run(line, tmp_path), capture_output=True, text=True, cwd=REPO, env=ENV, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    if "figure=" in line or line.startswith("make"):
+    if line.startswith("make plan"):
+        assert "GPU-h" in res.stdout and not any(tmp_path.iterdir())
+    elif "figure=" in line or line.startswith("make"):
         records = [run_record(p.parent) for p in tmp_path.rglob("run.json")]
         assert records and all(r["state"] == "finished" for r in records)
