@@ -26,7 +26,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import costs, models, plotting, precision, tasks
+from ntkrepro import costs, models, plotting, precision, split, tasks
 from ntkrepro.train import Trainer, fit
 
 CITE = "Jacot et al. 2018, Sec. 6.1 and Fig. 1 caption"
@@ -41,7 +41,7 @@ def points(cfg) -> list[dict]:
 
 def point_key(seed: int, point: dict):
     """The random key of a point: from the seed and the point only (not from the other points)."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(int(seed)), point["width"]), point["init"])
+    return split.point_key(seed, point["width"], point["init"])
 
 
 def reference(cfg, x0, xs) -> np.ndarray:

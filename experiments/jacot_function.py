@@ -32,7 +32,7 @@ from scipy.stats import norm
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import costs, models, plotting, precision, tasks
+from ntkrepro import costs, models, plotting, precision, split, tasks
 from ntkrepro.dynamics import ntk_gp_mean_cov
 from ntkrepro.empirical import mlp_nngp
 from ntkrepro.train import Trainer, fit
@@ -61,7 +61,7 @@ def points(cfg) -> list[dict]:
 
 def point_key(seed: int, width: int, init: int):
     """The random key of a network: from the seed, its width and init only (reference network: init -1)."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(int(seed)), int(width)), int(init) + 1)
+    return split.point_key(seed, width, int(init) + 1)
 
 
 def limit(cfg, task) -> list[pd.DataFrame]:

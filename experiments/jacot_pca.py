@@ -30,7 +30,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import costs, models, plotting, precision, tasks
+from ntkrepro import costs, models, plotting, precision, split, tasks
 from ntkrepro.train import Trainer, fit
 
 CITE = "Jacot et al. 2018, Sec. 6.3 and Fig. 3 captions"
@@ -66,7 +66,7 @@ def points(cfg) -> list[dict]:
 
 def point_key(seed: int, width: int, trial: int):
     """The random key of a network: from the seed, its width and trial only (the PCA network: trial -1)."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(int(seed)), int(width)), int(trial) + 1)
+    return split.point_key(seed, width, int(trial) + 1)
 
 
 def pca_gram(cfg, x) -> np.ndarray:

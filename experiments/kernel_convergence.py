@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import costs, models, plotting, precision, tasks
+from ntkrepro import costs, models, plotting, precision, split, tasks
 from ntkrepro.empirical import mlp_nngp
 from ntkrepro.kernels.fc import fc_layers, input_kernel
 
@@ -88,7 +88,7 @@ def points(cfg) -> list[dict]:
 
 def point_key(seed: int, point: dict):
     """The random key of a point: from the seed and the point only (not from the other points)."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), point["depth"]), point["width"])
+    return split.point_key(seed, point["depth"], point["width"])
 
 
 def run(cfg, subset=None) -> pd.DataFrame:

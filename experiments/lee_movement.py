@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import costs, models, plotting, precision, tasks
+from ntkrepro import costs, models, plotting, precision, split, tasks
 from ntkrepro.empirical import mlp_nngp
 from ntkrepro.errors import ConfigError
 from ntkrepro.train import Trainer, fit, log_steps, tree_finite
@@ -148,8 +148,7 @@ def points(cfg) -> list[dict]:
 
 def point_key(seed: int, panel_index: int, point: dict):
     """The random key of a point: from the seed and the point only (not from the other points)."""
-    key = jax.random.fold_in(jax.random.PRNGKey(int(seed)), int(panel_index))
-    return jax.random.fold_in(jax.random.fold_in(key, int(point["width"])), int(point["trial"]))
+    return split.point_key(seed, panel_index, point["width"], point["trial"])
 
 
 def run(cfg, subset=None) -> pd.DataFrame:

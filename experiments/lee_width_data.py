@@ -50,7 +50,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from ntkrepro import claims as C
-from ntkrepro import costs, models, plotting, precision, tasks, wrn
+from ntkrepro import costs, models, plotting, precision, split, tasks, wrn
 from ntkrepro.dynamics import gradient_descent_mse
 from ntkrepro.errors import ConfigError
 from ntkrepro.train import Trainer, fit, fit_side_by_side, prefer_host_loop, rmse
@@ -126,9 +126,9 @@ def point_key(seed: int, point: dict):
     """The initialisation key of a point: from the seed and the point only, never |D| (pane (d): one
     initialisation per width and trial serves every |D|, the key of the unsplit code before issue 15)."""
     if point["pane"] == "data":
-        return jax.random.fold_in(jax.random.PRNGKey(seed), 1000 * point["trial"] + point["width"])
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), 1 + list(PANES).index(point["pane"]))
-    return jax.random.fold_in(jax.random.fold_in(key, point["depth"]), 1000 * point["trial"] + point["width"])
+        return split.point_key(seed, 1000 * point["trial"] + point["width"])
+    return split.point_key(seed, 1 + list(PANES).index(point["pane"]), point["depth"],
+                           1000 * point["trial"] + point["width"])
 
 
 def task_settings(cfg, name: str, n_train: int) -> dict:

@@ -43,6 +43,7 @@ import pandas as pd
 
 from ntkrepro import claims as C
 from ntkrepro import costs, models, plotting, precision, tasks
+from ntkrepro import split as sweep  # `split` names the train / test split below
 from ntkrepro.dynamics import xent_ode
 from ntkrepro.errors import ConfigError
 from ntkrepro.train import Trainer, fit, log_steps, output_observer, rmse
@@ -183,7 +184,7 @@ def points(cfg) -> list[dict]:
 def point_key(seed: int, width: int):
     """theta_0 of the width-n network: from the seed and the width only (the same for its "train" and
     "ode" points, never from the other points)."""
-    return jax.random.fold_in(jax.random.PRNGKey(int(seed)), int(width))
+    return sweep.point_key(seed, width)
 
 
 def run(cfg, subset=None) -> pd.DataFrame:

@@ -24,6 +24,18 @@ from omegaconf import OmegaConf
 from ntkrepro.errors import ConfigError
 
 
+def point_key(seed: int, *parts: int):
+    """The random key of a sweep point: PRNGKey(seed) with each of the point's integer `parts` folded
+    in, in order (`jax.random.fold_in`), so it depends on the seed and the point alone, never on the
+    other points or the order in which they run."""
+    import jax
+
+    key = jax.random.PRNGKey(int(seed))
+    for part in parts:
+        key = jax.random.fold_in(key, int(part))
+    return key
+
+
 def points(module, cfg) -> list[dict] | None:
     """The sweep points of a figure, or None when its experiment module cannot be split."""
     fn = getattr(module, "points", None)
