@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from ntkrepro import claims as claims_mod
 from ntkrepro import runstate
-from ntkrepro.errors import ArgumentParser, NtkreproError
+from ntkrepro.errors import ArgumentParser, NtkreproError, one_line_errors
 from ntkrepro.runner import SETTINGS_FILE, finish, load_experiment
 
 
@@ -112,15 +112,11 @@ def collect(folders) -> list[Path]:
     return [collect_one(key, parts) for key, parts in groups.items()]
 
 
+@one_line_errors
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m ntkrepro.collect", description=__doc__.split("\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="sweep folder(s) holding the parts")
-    args = parser.parse_args(argv)
-    try:
-        collect(args.folders)
-    except NtkreproError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    collect(parser.parse_args(argv).folders)
     return 0
 
 

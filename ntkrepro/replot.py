@@ -11,7 +11,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from ntkrepro import claims as claims_mod
-from ntkrepro.errors import NtkreproError
+from ntkrepro.errors import NtkreproError, one_line_errors
 from ntkrepro.runner import SETTINGS_FILE, finish, load_experiment
 
 
@@ -26,17 +26,14 @@ def replot(run_dir: Path) -> list[claims_mod.Claim]:
     return finish(load_experiment(cfg.experiment), pd.read_csv(metrics), cfg, run_dir)
 
 
+@one_line_errors
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("error: give one run folder: python -m ntkrepro.replot <run_dir> (e.g. outputs/<id>/<scale>/latest)",
               file=sys.stderr)
         return 2
-    try:
-        result = replot(Path(argv[0]))
-    except NtkreproError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = replot(Path(argv[0]))
     print(claims_mod.summary(result, OmegaConf.load(Path(argv[0]) / SETTINGS_FILE).get("scale", "")))
     return 0
 

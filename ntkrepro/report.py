@@ -165,8 +165,9 @@ def main(argv=None) -> int:
                         help="where the runs are (default: conf/config.yaml's out_root)")
     parser.add_argument("--dest", default=None, type=Path, help="default: <out-root>/report")
     args = parser.parse_args(argv)
-    runstate.check_can_hold_folders(args.dest or args.out_root / "report", "--dest")
-    path = build(args.out_root, args.dest or args.out_root / "report")
+    dest = args.dest or args.out_root / "report"
+    runstate.check_can_hold_folders(dest, "--dest")
+    path = build(args.out_root, dest)
     print(f"wrote {runstate.shown(path)} and {runstate.shown(path.with_name('REPORT.md'))}")
     return 0
 
