@@ -264,8 +264,8 @@ def _cnn_spec(cfg, pooling: str, depth: int, k: int) -> ModelSpec:
 
 
 def train_cnn(part: dict, pooling: str, depth: int, cfg) -> dict:
-    """Every (learning rate, trial) model of one CNN, trained together (one batched `train.fit`; on CPU
-    model by model from Python, `host_loop`);
+    """Every (learning rate, trial) model of one CNN, trained together (one batched `train.fit`; on CPU,
+    or with `cnn.vmap_models` false, model by model from Python, `host_loop`);
     returns {lr: [per-trial accuracy or nan]} and the epochs each took to reach 100%."""
     net = cfg.cnn
     dt = precision.train_dtype(net)
@@ -279,7 +279,7 @@ def train_cnn(part: dict, pooling: str, depth: int, cfg) -> dict:
     batch = min(int(net.batch_size), len(x_tr))
     trainer = train.Trainer(spec.apply, loss=str(net.loss), batch_size=batch)
     per_epoch, epochs = len(x_tr) // batch, int(net.max_epochs)
-    host_loop = train.prefer_host_loop()   # model by model on CPU: see `train`
+    host_loop = train.prefer_host_loop() or not net.vmap_models   # model by model: see `train`
     log = _EpochLog(trainer, x_tr, part["labels_train"], x_te, part["labels_test"],
                     int(net.after_full), epochs, host_loop)
     try:
@@ -436,7 +436,7 @@ def _kernel_cost(name, fn, image, n_tr, n_te, block, dtype, calls_per_entry=1.0,
 
 def cost(cfg, point) -> list[costs.Cost]:
     """One point: the exact kernel (every depth in one pass), the random-feature kernels of all
-    draws, or the vmapped training of every (learning rate, trial) CNN up to the epoch cap."""
+    draws, or the training of every (learning rate, trial) CNN up to the epoch cap."""
     _, depths, _, pooling = check_settings(cfg)
     column = point["column"]
     p = _pooling(cfg, pooling[_arch(column)])
@@ -465,7 +465,7 @@ def _cnn_cost(cfg, pooling, depth, n_tr, image) -> list[costs.Cost]:
     steps = int(net.max_epochs) * (n_tr // batch)
     return costs.training(f"CNN-{'GAP' if pooling == 'gap' else 'V'} depth {depth}", trainer, spec, (n_tr, *image), (n_tr, k), steps,
                           dtype=precision.train_dtype(net),
-                          models=len(net.lrs) * int(net.trials))
+                          models=len(net.lrs) * int(net.trials), vmapped=bool(net.vmap_models))
 
 
 # ----------------------------------------------------------------------------------------------

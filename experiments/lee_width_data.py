@@ -12,10 +12,11 @@ width, averaged over `trials` initialisations:
 Every network is trained by full-batch gradient descent on the per-example-mean MSE
 (`ntkrepro.train.fit`, loss `mse`).  Its linearization after the same number of steps:
 
-* fully connected panes: the closed form of Sec. 2.1, f_s(X) = Y + (I - eta Theta_hat)^s (f_0(X) - Y)
-  (`ntkrepro.dynamics.gradient_descent_mse`, exactly what s steps of GD on f_lin give) with the
-  float64 empirical NTK `ModelSpec.empirical_ntk` of the initial network;
-* convolutional and residual panes: f_lin trained directly beside the network from the same theta_0
+* fully connected and convolutional panes: the closed form of Sec. 2.1, f_s(X) = Y + (I - eta
+  Theta_hat)^s (f_0(X) - Y) (`ntkrepro.dynamics.gradient_descent_mse`, exactly what s steps of GD on
+  f_lin give) with the float64 empirical NTK `ModelSpec.empirical_ntk` of the initial network
+  (`empirical.mlp_ntk`, `empirical.layerwise_ntk`: no Jacobian; `CLOSED_FORM`);
+* residual pane: f_lin trained directly beside the network from the same theta_0
   (`train.fit_side_by_side`, `Trainer.linearization`: one `jax.jvp`, no Jacobian), in float32.  The
   WRN's batch norm uses the statistics of the batch it is applied to: the full training batch in
   training, and on test points consecutive groups of |D| points (`wrn.BatchStats`), so the
@@ -280,8 +281,8 @@ def run(cfg, subset=None) -> pd.DataFrame:
 
 
 def cost(cfg, point) -> list[costs.Cost]:
-    """One point: `steps` training steps of the network (and, for cnn / wrn, of its linearization and
-    the power iteration); for fully connected nets the float64 NTK and the closed form."""
+    """One point: `steps` training steps of the network (and, for wrn, of its linearization and the
+    power iteration); for fully connected and convolutional nets the float64 NTK and the closed form."""
     p, spec = cfg.panes[point["pane"]], spec_of(cfg, point)
     shapes = tasks.shapes(task_settings(cfg, point["pane"], point["n_train"]))
     dt = precision.train_dtype(cfg)

@@ -2,8 +2,9 @@
 
 Nothing here executes a step on data.  A step is lowered and compiled on abstract inputs
 (`jax.ShapeDtypeStruct`), and XLA reports its floating-point operations, bytes accessed and peak
-memory (`Compiled.cost_analysis`, `Compiled.memory_analysis`).  A job's cost is the sum over its
-pieces of (cost of one call) x (number of calls).  Times are estimated with a roofline,
+memory (`Compiled.cost_analysis`, `Compiled.memory_analysis`), with each loop counted as often as
+it runs (XLA counts a loop body once: `analyse`).  A job's cost is the sum over its pieces of (cost
+of one call) x (number of calls).  Times are estimated with a roofline,
 max(flops / peak flop rate, bytes / memory bandwidth):
 
 * on this machine from rates measured here (a dense matmul and a large copy, timed once per process),
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from typing import Callable, Sequence
 
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 
@@ -38,6 +41,7 @@ class Cost:
     peak_memory: float      # bytes (arguments + outputs + temporaries) of one call
     calls: float = 1.0
     dtype: str = "float32"
+    unknown_loops: int = 0  # while loops in the program, counted once (their trip count is unknown)
 
     @property
     def total_flops(self) -> float:
@@ -60,22 +64,75 @@ def abstract(tree):
 
 def analyse(name: str, fn: Callable, *args, calls: float = 1.0, static_argnums=()) -> Cost:
     """Compile `fn` on abstract `args` (arrays or ShapeDtypeStructs; nothing runs) and read XLA's
-    cost and memory analysis."""
+    cost and memory analysis, with every loop counted as many times as it runs.
+
+    XLA's cost analysis counts the body of a loop once, whatever its trip count (a `lax.scan` of 20
+    layers, a `lax.map` over examples or blocks).  So each `scan` in the program (also inside
+    calls, custom derivatives and other loops' bodies) is analysed on its own and added
+    (length - 1) more times (`_loop_corrected`).  A `while_loop`, whose trip count is not known
+    before it runs, stays counted once: `Cost.unknown_loops` says how many there are."""
     shapes = abstract(args)
-    compiled = jax.jit(fn, static_argnums=static_argnums).lower(*shapes).compile()
-    ca = compiled.cost_analysis() or {}
-    if isinstance(ca, (list, tuple)):  # older JAX: one dict per device program
-        ca = ca[0] if ca else {}
-    mem = compiled.memory_analysis()
-    peak = 0.0
-    if mem is not None:  # arguments + outputs + temporaries (XLA's CPU peak figure leaves out temporaries)
-        peak = float(max(getattr(mem, "peak_memory_in_bytes", 0) or 0,
-                         mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                         - getattr(mem, "alias_size_in_bytes", 0)))
+    traced = jax.jit(fn, static_argnums=static_argnums).trace(*shapes)
+    flops, nbytes, peak = _xla_cost(traced.lower())
+    flops, nbytes, unknown = _loop_corrected(traced.jaxpr.jaxpr, flops, nbytes)
     leaves = [s for s in jax.tree_util.tree_leaves(shapes) if jnp.issubdtype(s.dtype, jnp.floating)]
     dtype = "float64" if any(s.dtype == jnp.float64 for s in leaves) else "float32"
-    return Cost(name, float(ca.get("flops", 0.0)), float(ca.get("bytes accessed", 0.0)), peak,
-                float(calls), dtype)
+    return Cost(name, flops, nbytes, peak, float(calls), dtype, unknown)
+
+
+def _loops(jaxpr):
+    """(body, length, bodies XLA counts) of every loop in `jaxpr` that is not inside another loop's
+    body (looking into calls, custom derivatives and branches); body None for a `while_loop`."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            length, unroll = int(eqn.params["length"]), eqn.params.get("unroll", 1)
+            unroll = length if unroll is True else min(max(int(unroll), 1), length)
+            counted = unroll + length % unroll  # the unrolled body, and the remainder's iterations
+            yield eqn.params["jaxpr"], length, counted
+        elif eqn.primitive.name == "while":
+            yield None, 0, 1
+        else:
+            for sub in jex.core.jaxprs_in_params(eqn.params):
+                yield from _loops(sub)
+
+
+def _loop_corrected(jaxpr, flops: float, nbytes: float) -> tuple[float, float, int]:
+    """XLA's (flops, bytes) of the program of `jaxpr` with every scan body counted `length` times
+    (recursively for loops in loops), and the number of while loops left counted once."""
+    unknown = 0
+    for body, length, counted in _loops(jaxpr):
+        if body is None:
+            unknown += 1
+            continue
+        avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in body.jaxpr.invars]
+        b_flops, b_bytes, _ = _xla_cost(jax.jit(jex.core.jaxpr_as_fun(body)).lower(*avals))
+        t_flops, t_bytes, inner = _loop_corrected(body.jaxpr, b_flops, b_bytes)
+        flops += length * t_flops - counted * b_flops
+        nbytes += length * t_bytes - counted * b_bytes
+        unknown += inner
+    return max(flops, 0.0), max(nbytes, 0.0), unknown
+
+
+_ANALYSED: dict[str, tuple[float, float, float]] = {}
+
+
+def _xla_cost(lowered) -> tuple[float, float, float]:
+    """XLA's (flops, bytes accessed, peak memory) of a lowered program, compiled once per distinct
+    program text (sweep points that differ only in their random key, e.g. trials, lower to the same
+    program: a plan compiles each once)."""
+    program = lowered.as_text()
+    if program not in _ANALYSED:
+        compiled = lowered.compile()
+        ca = compiled.cost_analysis() or {}
+        if isinstance(ca, (list, tuple)):  # older JAX: one dict per device program
+            ca = ca[0] if ca else {}
+        mem, peak = compiled.memory_analysis(), 0.0
+        if mem is not None:  # arguments + outputs + temporaries (XLA's CPU peak leaves out temporaries)
+            peak = float(max(getattr(mem, "peak_memory_in_bytes", 0) or 0,
+                             mem.argument_size_in_bytes + mem.output_size_in_bytes
+                             + mem.temp_size_in_bytes - getattr(mem, "alias_size_in_bytes", 0)))
+        _ANALYSED[program] = (float(ca.get("flops", 0.0)), float(ca.get("bytes accessed", 0.0)), peak)
+    return _ANALYSED[program]
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,8 +150,16 @@ def machine_rates() -> dict:
     big = jnp.ones((32 * 2 ** 20,), jnp.float32)        # 128 MiB: past every cache
     cp = jax.jit(lambda u: u * 1.0001)
     rates["bandwidth"] = 2 * big.nbytes / _best_time(lambda: cp(big).block_until_ready())
-    rates["memory"] = float("nan")
+    rates["memory"] = _physical_memory()
     return rates
+
+
+def _physical_memory() -> float:
+    """This machine's physical memory in bytes (nan where the OS does not say)."""
+    try:
+        return float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return float("nan")
 
 
 def _best_time(fn, reps: int = 3) -> float:
@@ -121,6 +186,11 @@ class Job:
     def peak_memory(self) -> float:
         return max((c.peak_memory for c in self.costs), default=0.0)
 
+    @property
+    def peak_piece(self) -> str:
+        """The name of the piece with the largest peak memory."""
+        return max(self.costs, key=lambda c: c.peak_memory).name if self.costs else ""
+
     def seconds(self, rates: dict) -> float:
         return sum(c.seconds(rates) for c in self.costs)
 
@@ -144,7 +214,27 @@ def table(jobs: Sequence[Job], accelerators=("A100", "H100")) -> str:
                  f"{max((j.peak_memory for j in jobs), default=0) / 2 ** 20:.3g}",
                  human_time(totals["here"])] + [f"{totals[a] / 3600:.3g} GPU-h" for a in accelerators])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    return "\n".join(["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+                     + notes(jobs, accelerators, here))
+
+
+def notes(jobs: Sequence[Job], accelerators=("A100", "H100"), here: dict | None = None) -> list[str]:
+    """One line per job whose peak memory (XLA's memory analysis of its largest piece) is more than
+    this machine (`here["memory"]`, when known) or a named accelerator holds, and one per job with
+    while loops (counted once: its work and time are lower bounds)."""
+    targets = {"this machine": (here or {}).get("memory", float("nan"))}
+    targets.update({f"the {a}": ACCELERATORS[a]["memory"] for a in accelerators})
+    out = []
+    for job in jobs:
+        over = [f"{t} ({m / 2 ** 30:.3g} GiB)" for t, m in targets.items() if job.peak_memory > m]
+        if over:
+            out.append(f"memory: {job.name} needs {job.peak_memory / 2 ** 30:.3g} GiB at its peak "
+                       f"('{job.peak_piece}'), more than {', '.join(over)} holds")
+        loops = [c.name for c in job.costs if c.unknown_loops]
+        if loops:
+            out.append(f"lower bound: {job.name} has while loops of unknown length, counted once, in "
+                       f"{len(loops)} piece(s) ('{loops[0]}'{', ...' if len(loops) > 1 else ''})")
+    return out
 
 
 def human_time(seconds: float) -> str:
@@ -157,10 +247,11 @@ def human_time(seconds: float) -> str:
 
 
 def training(name: str, trainer, spec, x_shape, y_shape, steps: int, *, dtype=jnp.float32,
-             record_points: int = 0, models: int = 1) -> list[Cost]:
+             record_points: int = 0, models: int = 1, vmapped: bool = True) -> list[Cost]:
     """The work of `fit(trainer, spec.init(...), x, y, steps=steps, ...)` for `models` models:
     `steps` training steps (on a batch of `trainer.batch_size`, or all of x) and the full-data loss
-    at `record_points` recording points; memory of one vmapped program of all the models."""
+    at `record_points` recording points; memory of one vmapped program of all the models (of one
+    model when they are trained one after another, `vmapped=False`)."""
     x = jax.ShapeDtypeStruct(tuple(x_shape), dtype)
     y = jax.ShapeDtypeStruct(tuple(y_shape), dtype)
     params = jax.eval_shape(lambda k, xx: spec.init(k, xx), jax.random.PRNGKey(0), x)
@@ -170,7 +261,7 @@ def training(name: str, trainer, spec, x_shape, y_shape, steps: int, *, dtype=jn
     yb = jax.ShapeDtypeStruct((b, *y.shape[1:]), dtype)
     step = analyse(f"{name}: train step", lambda s, u, v: trainer.step_fn(s, u, v), state, xb, yb,
                    calls=steps * models)
-    step.peak_memory *= models
+    step.peak_memory *= models if vmapped else 1
     out = [step]
     if record_points:
         out.append(analyse(f"{name}: loss", lambda s, u, v: trainer._objective(s.params0, s.variable, u, v),

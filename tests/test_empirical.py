@@ -52,3 +52,29 @@ def test_nngp_estimates():
     np.testing.assert_allclose(empirical_nngp(f, params, x), out @ out.T, rtol=1e-12)
     k = mlp_nngp(model, params, x)
     assert k.shape == (6, 6) and np.allclose(k, k.T) and np.all(np.linalg.eigvalsh(k) > -1e-10)
+
+
+@pytest.mark.parametrize("with_x2", [False, True])
+def test_layerwise_ntk_in_blocks_equals_one_pass_and_holds_less(with_x2):
+    """Past its memory budget the layer-by-layer CNN kernel is computed in blocks of examples (zero
+    padding the last): the same kernel, and XLA's peak memory of the program falls with the budget."""
+    from ntkrepro import costs, models
+    from ntkrepro.empirical import layerwise_bytes_per_example, layerwise_ntk
+
+    spec = models.ModelSpec(arch="cnn", width=8, depth=3, out_dim=2, activation="relu", w_var=2.0,
+                            b_var=0.1, pooling="gap")
+    x = jax.random.normal(jax.random.PRNGKey(1), (7, 6, 6, 3), jnp.float64)
+    x2 = jax.random.normal(jax.random.PRNGKey(2), (5, 6, 6, 3), jnp.float64) if with_x2 else None
+    params = spec.init(jax.random.PRNGKey(0), x)
+    model, layers = spec.module, spec.module.layer_specs(tuple(x.shape))
+    per = layerwise_bytes_per_example(model, params, x, layers)
+    for trace in (True, False):
+        full = layerwise_ntk(model, params, x, x2, layers=layers, trace=trace)
+        for b in (1, 2, 3):   # blocks of b examples: 7 = 3 + 3 + 1 (padded)
+            blocked = layerwise_ntk(model, params, x, x2, layers=layers, trace=trace, memory_budget=2 * b * per)
+            np.testing.assert_allclose(blocked, full, rtol=1e-12, atol=1e-14)
+    peak = {budget: costs.analyse("ntk", lambda p, a, c: layerwise_ntk(model, p, a, c, layers=layers,
+                                                                      memory_budget=budget),
+                                  params, x, x if x2 is None else x2).peak_memory
+            for budget in (1 << 40, 2 * per)}
+    assert peak[2 * per] < peak[1 << 40] / 2, peak
