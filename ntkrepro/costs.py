@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 import time
 from typing import Callable, Sequence
@@ -113,14 +114,14 @@ def _loop_corrected(jaxpr, flops: float, nbytes: float) -> tuple[float, float, i
     return max(flops, 0.0), max(nbytes, 0.0), unknown
 
 
-_ANALYSED: dict[str, tuple[float, float, float]] = {}
+_ANALYSED: dict[bytes, tuple[float, float, float]] = {}   # sha256 of the program text -> its cost
 
 
 def _xla_cost(lowered) -> tuple[float, float, float]:
     """XLA's (flops, bytes accessed, peak memory) of a lowered program, compiled once per distinct
     program text (sweep points that differ only in their random key, e.g. trials, lower to the same
     program: a plan compiles each once)."""
-    program = lowered.as_text()
+    program = hashlib.sha256(lowered.as_text().encode()).digest()
     if program not in _ANALYSED:
         compiled = lowered.compile()
         ca = compiled.cost_analysis() or {}
