@@ -13,8 +13,8 @@ Every network is trained by full-batch gradient descent on the per-example-mean 
 (`ntkrepro.train.fit`, loss `mse`).  Its linearization after the same number of steps:
 
 * fully connected and convolutional panes: the closed form of Sec. 2.1, f_s(X) = Y + (I - eta
-  Theta_hat)^s (f_0(X) - Y) (`ntkrepro.dynamics.gradient_descent_mse`, exactly what s steps of GD on
-  f_lin give) with the float64 empirical NTK `ModelSpec.empirical_ntk` of the initial network
+  Theta_hat / |D|)^s (f_0(X) - Y) on the mean loss (`ntkrepro.dynamics.gradient_descent_mse`, exactly
+  what s steps of GD on f_lin give) with the float64 empirical NTK `ModelSpec.empirical_ntk` of the initial network
   (`empirical.mlp_ntk`, `empirical.layerwise_ntk`: no Jacobian; `CLOSED_FORM`);
 * residual pane: f_lin trained directly beside the network from the same theta_0
   (`train.fit_side_by_side`, `Trainer.linearization`: one `jax.jvp`, no Jacobian), in float32.  The
@@ -227,9 +227,10 @@ def _ntk_matvec(apply_fn, params, x, v):
 
 def trained_side_by_side(spec: models.ModelSpec, params0, x, y, x_test, *, lr, lr_fraction, steps: int,
                          iterations: int, group: int | None) -> dict:
-    """Convolutional / residual: the network and its linearization (Eq. 5) trained directly from the
-    same float32 theta_0 for `steps` full-batch GD steps on the mean MSE; the same summary as
-    `network_vs_linearization`.  group: evaluate in batches of `group` points (batch norm)."""
+    """Residual (the architectures not in `CLOSED_FORM`): the network and its linearization (Eq. 5)
+    trained directly from the same `train_dtype` theta_0 for `steps` full-batch GD steps on the mean
+    MSE; the same summary as `network_vs_linearization`.  group: evaluate in batches of `group`
+    points (batch norm)."""
     apply_fn = spec.apply if group is None else wrn.BatchStats(spec.apply, int(group))
     lam = top_eigenvalue(apply_fn, params0, x, iterations)
     eta = _eta(lr, lr_fraction, lam, len(x))

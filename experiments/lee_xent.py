@@ -9,8 +9,9 @@ very same theta_0, optimizer, loss and minibatch sequence for both models; the l
 softmax cross-entropy averaged over the batch (`train.LOSSES["xent"]`, Eq. S5 / batch size).
 
 * ``view: s3`` (Figure S3): 10-class MNIST, one width, SGD with momentum on minibatches.  Top row:
-  all k logits of one randomly selected point for both models; bottom row: train / test loss and
-  accuracy of both models over training.
+  all k logits of `n_track` (2) randomly selected test points for both models and the logit
+  deviation; middle row: train / test loss and accuracy of both models over training; bottom row:
+  the ODE (S10-S11) against the directly trained linearization.
 * ``view: s4`` (Figure S4): several widths, the same training per width; the *logit deviation*
   RMSE_t = sqrt(mean_{i, c} (f_t(x_i)_c - f^lin_t(x_i)_c)^2) over test (and train) points, against
   the training step, one row per width, plus the deviation against width.
