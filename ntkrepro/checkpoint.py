@@ -9,8 +9,8 @@ is a function of the settings, so a restarted run with the same settings asks fo
 * while it runs, a fit saves every `every_steps` steps and at least every `every_seconds` seconds
   (at the first pause after that time), and when a stop was requested (SIGTERM, SIGHUP or SIGUSR1:
   what Slurm sends before preemption) it saves and raises `runstate.Interrupted`, which the runner
-  records as an interrupted run.  Pauses come at least every `pause_seconds` of training (the
-  segment length adapts to the measured time per step).
+  records as an interrupted run.  Pauses come at least every ~30 s of training
+  (`train._Checkpoints.PAUSE_SECONDS`; the segment length adapts to the measured time per step).
 
 States are saved with orbax-checkpoint (`StandardCheckpointer`); the recorded points and losses
 (arbitrary Python objects returned by observers) beside them with pickle.  Both are written to a

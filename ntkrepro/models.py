@@ -26,7 +26,7 @@ Architectures (`ARCHS`; each is an `Arch`, register more with `register`):
   empirical NTK layer by layer (`empirical.layerwise_ntk`, fixed layers excluded).
 
 The NTK / standard parameterization rule (weight and bias scales) is `nets.weight_scales`; every
-architecture here uses it.
+architecture here uses it except ``cntk_cnn``, which keeps Arora et al.'s own multipliers.
 """
 from __future__ import annotations
 

@@ -5,11 +5,13 @@ what differs::
 
     # conf/figure/lee-1.yaml
     defaults:
-      - /task@paper.task: mnist_128      # -> figure.paper.task
+      - /task@paper.panels.mnist_relu.task: mnist     # conf/task/mnist.yaml -> that panel's task
     paper:
-      task: {n_train: 256}               # what differs from the shared file
+      panels:
+        mnist_relu:
+          task: {n_train: 128}                        # what differs from the shared file
 
-    task = tasks.load(cfg.task, cfg.data, seed=cfg.seed)    # records the data in the manifest
+    task = tasks.load(panel.task, cfg.data, seed=cfg.seed)  # records the data in the manifest
     task.x_train, task.y_train, task.x_test, task.y_test     # float64 numpy arrays
 
 Kinds (`dataset`):

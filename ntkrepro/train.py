@@ -21,8 +21,9 @@ pytree: it can be `jax.vmap`-ped (`fit(..., batched=True)`: a leading model axis
 a vector of learning rates) and saved / restored between recording points (`fit(..., state=...)`
 resumes; the minibatch order is a function of (seed, step), so a resumed run sees the same batches).
 
-Compilation.  The steps between two recording points run in one jitted ``lax.fori_loop`` whose trip
-count is a traced integer, so every segment length shares one compilation.  ``fit(...,
+Compilation.  The steps between two recording points run in one jitted ``lax.while_loop`` (it ends
+after a traced number of steps, or where `stop` fires), so every segment length shares one
+compilation.  ``fit(...,
 host_loop=True)`` runs them instead as a Python loop over one jitted step (same arithmetic, same
 minibatches; batched: model by model): for convolutional networks on CPU, where XLA compiles the
 weight-gradient convolutions inside a loop body to a slow generic kernel (measured ~25x slower than
@@ -184,7 +185,8 @@ class Trainer:
         return _add(state.params0, state.variable) if self.delta else state.variable
 
     def predict(self, state: TrainState, x):
-        """Outputs of the trained model on x (jitted; works on a batched state too)."""
+        """Outputs of the trained model on x (jitted; one model's state: `predict_models` takes a
+        batched state)."""
         return self._predict(state.params0, state.variable, x)
 
     def predict_models(self, state: TrainState, x, host_loop: bool = False, chunk: int | None = None):

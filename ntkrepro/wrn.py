@@ -4,8 +4,8 @@ standard) parameterization, and its Table S1 generated from the model by shape e
 
     module = make_wrn(channels=1024, blocks=1, out_dim=10, w_var=1.0, b_var=0.0)
     rows = table_s1(module)                 # group, output size, block type, parameters
-    f = BatchStats(spec.apply, group=8)     # the model applied to fixed batches of 8 (see below)
     spec = models.ModelSpec(arch="wrn", width=1024, depth=depth_from_blocks(1), out_dim=10, ...)
+    f = BatchStats(spec.apply, group=8)     # the model applied to fixed batches of 8 (see below)
 
 Architecture (Table S1; "In the residual block, we follow Batch Normalization-ReLU-Conv ordering")::
 
