@@ -28,7 +28,7 @@ help:  ## list the targets
 	@echo "                                 the same command again computes only the unfinished parts"
 	@echo "make collect DIR=<sweep folder>  merge the parts of a split run (figure, claims)"
 	@echo "make plan [SCALE=paper] [FIGURES=...] [SHARDS=n]   jobs, work, memory, time here / A100 / H100"
-	@echo "                                 (SCALE defaults to paper for plan)"
+	@echo "                                 (SCALE defaults to paper for plan; ARGS='--pieces 10': the costliest pieces)"
 	@echo "make verify SCALE=cpu SEEDS=1,2,3 [FIGURES=...] [ARGS=...]   claims at several seeds (verify.md)"
 	@echo "make report                      outputs/report/index.html and REPORT.md from the runs"
 	@echo "python -m ntkrepro --help       usage, settings, sweeps and every figure with its run times"

@@ -219,6 +219,28 @@ def table(jobs: Sequence[Job], accelerators=("A100", "H100")) -> str:
                      + notes(jobs, accelerators, here))
 
 
+def pieces_table(jobs: Sequence[Job], top: int = 10, accelerators=("A100", "H100")) -> str:
+    """The `top` most expensive pieces of all jobs together (pieces of the same name summed, e.g. the
+    trials of a point), ordered by their time on the first accelerator, with their share of it."""
+    merged: dict[str, list[Cost]] = {}
+    for job in jobs:
+        for c in job.costs:
+            merged.setdefault(c.name, []).append(c)
+    total = sum(j.seconds(ACCELERATORS[accelerators[0]]) for j in jobs) or float("nan")
+    rows = [["piece", "calls", "GFLOP", "peak MiB"] + list(accelerators) + ["share"]]
+    ranked = sorted(merged.items(), key=lambda kv: -sum(c.seconds(ACCELERATORS[accelerators[0]]) for c in kv[1]))
+    for name, cs in ranked[:top]:
+        t = [sum(c.seconds(ACCELERATORS[a]) for c in cs) for a in accelerators]
+        rows.append([name, f"{sum(c.calls for c in cs):.3g}", f"{sum(c.total_flops for c in cs) / 1e9:.3g}",
+                     f"{max(c.peak_memory for c in cs) / 2 ** 20:.3g}"] + [human_time(x) for x in t]
+                    + [f"{100 * t[0] / total:.1f}%"])
+    if len(ranked) > top:
+        more = len(ranked) - top
+        rows.append([f"({more} more piece{'s' if more > 1 else ''})"] + [""] * (len(rows[0]) - 1))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
 def notes(jobs: Sequence[Job], accelerators=("A100", "H100"), here: dict | None = None) -> list[str]:
     """One line per job whose peak memory (XLA's memory analysis of its largest piece) is more than
     this machine (`here["memory"]`, when known) or a named accelerator holds, and one per job with

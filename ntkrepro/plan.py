@@ -54,11 +54,13 @@ def jobs(fid: str, scale: str, overrides=(), shards: int = 1, first_only: bool =
     return out
 
 
-def report(fid: str, scale: str, overrides=(), shards: int = 1) -> str:
+def report(fid: str, scale: str, overrides=(), shards: int = 1, pieces: int = 0) -> str:
+    """The plan of a figure as text; `pieces` > 0 adds the most expensive pieces of its work."""
     js = jobs(fid, scale, overrides, shards)
-    return (f"plan: {fid} at scale {scale}, {len(js)} job{'s' if len(js) > 1 else ''} "
+    text = (f"plan: {fid} at scale {scale}, {len(js)} job{'s' if len(js) > 1 else ''} "
             f"(estimates: roofline on this machine's measured rates, and on datasheet peaks)\n"
             f"{costs.table(js)}")
+    return text + ("\n" + costs.pieces_table(js, pieces) if pieces > 0 else "")
 
 
 @one_line_errors
@@ -67,15 +69,19 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", default="paper", choices=SCALES)
     parser.add_argument("--figures", default="", type=figure_list, help="space-separated ids (default: every figure)")
     parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--pieces", type=int, default=0, metavar="N",
+                        help="also list the N most expensive pieces of the work (on an A100), all jobs together")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     if args.shards < 1:
         parser.error(f"--shards must be a positive integer, got {args.shards}")
+    if args.pieces < 0:
+        parser.error(f"--pieces must be 0 or a positive integer, got {args.pieces}")
     preflight.check_runs(args.figures, args.scale, args.overrides, out_root=False)  # nothing is written
     worst = 0
     for fid in args.figures:
         try:
-            print(report(fid, args.scale, args.overrides, args.shards), "\n", flush=True)
+            print(report(fid, args.scale, args.overrides, args.shards, args.pieces), "\n", flush=True)
         except NtkreproError as err:
             print(f"error: {fid}: {err}", file=sys.stderr, flush=True)
             worst = 2

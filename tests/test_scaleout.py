@@ -338,6 +338,20 @@ def test_plan_on_the_command_line_prints_the_jobs_and_writes_nothing(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_make_plan_lists_the_costliest_pieces():
+    res = make("plan", "FIGURES=lee-s10", "SCALE=smoke", "ARGS=--pieces 2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("piece "))
+    assert lines[head].split()[-1] == "share"
+    shares = [float(ln.split()[-1].rstrip("%")) for ln in lines[head + 1:head + 3]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05, lines[head:head + 4]
+    assert lines[head + 3].startswith("(1 more piece)")     # lee-s10 smoke: three pieces
+    bad = make("plan", "FIGURES=lee-s10", "SCALE=smoke", "ARGS=--pieces -1")
+    errors = [ln for ln in bad.stderr.splitlines() if ln.startswith("error: ")]
+    assert bad.returncode == 2 and len(errors) == 1 and "--pieces must be 0 or a positive integer" in errors[0]
+
+
 def test_make_plan_prints_for_every_figure():
     """`make plan` (paper scale unless SCALE is given) plans every figure; SCALE=smoke keeps it quick
     here, the paper scale of each figure is composed above."""
