@@ -14,8 +14,8 @@ Every network is trained by full-batch gradient descent on the per-example-mean 
 
 * fully connected and convolutional panes: the closed form of Sec. 2.1, f_s(X) = Y + (I - eta
   Theta_hat / |D|)^s (f_0(X) - Y) on the mean loss (`ntkrepro.dynamics.gradient_descent_mse`, exactly
-  what s steps of GD on f_lin give) with the float64 empirical NTK `ModelSpec.empirical_ntk` of the initial network
-  (`empirical.mlp_ntk`, `empirical.layerwise_ntk`: no Jacobian; `CLOSED_FORM`);
+  what s steps of GD on f_lin give) with the float64 empirical NTK `ModelSpec.empirical_ntk` of the
+  initial network (`empirical.mlp_ntk`, `empirical.layerwise_ntk`: no Jacobian; `CLOSED_FORM`);
 * residual pane: f_lin trained directly beside the network from the same theta_0
   (`train.fit_side_by_side`, `Trainer.linearization`: one `jax.jvp`, no Jacobian), in float32.  The
   WRN's batch norm uses the statistics of the batch it is applied to: the full training batch in

@@ -214,9 +214,13 @@ def table(jobs: Sequence[Job], accelerators=("A100", "H100")) -> str:
     rows.append(["total", f"{sum(j.flops for j in jobs) / 1e9:.3g}",
                  f"{max((j.peak_memory for j in jobs), default=0) / 2 ** 20:.3g}",
                  human_time(totals["here"])] + [f"{totals[a] / 3600:.3g} GPU-h" for a in accelerators])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join(["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-                     + notes(jobs, accelerators, here))
+    return "\n".join([_columns(rows)] + notes(jobs, accelerators, here))
+
+
+def _columns(rows: list[list[str]]) -> str:
+    """Rows of cells as left-aligned text columns, two spaces apart."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
 def pieces_table(jobs: Sequence[Job], top: int = 10, accelerators=("A100", "H100")) -> str:
@@ -237,8 +241,7 @@ def pieces_table(jobs: Sequence[Job], top: int = 10, accelerators=("A100", "H100
     if len(ranked) > top:
         more = len(ranked) - top
         rows.append([f"({more} more piece{'s' if more > 1 else ''})"] + [""] * (len(rows[0]) - 1))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    return _columns(rows)
 
 
 def notes(jobs: Sequence[Job], accelerators=("A100", "H100"), here: dict | None = None) -> list[str]:
@@ -277,8 +280,7 @@ def training(name: str, trainer, spec, x_shape, y_shape, steps: int, *, dtype=jn
     model when they are trained one after another, `vmapped=False`)."""
     x = jax.ShapeDtypeStruct(tuple(x_shape), dtype)
     y = jax.ShapeDtypeStruct(tuple(y_shape), dtype)
-    params = jax.eval_shape(lambda k, xx: spec.init(k, xx), jax.random.PRNGKey(0), x)
-    state = jax.eval_shape(trainer.init, params)
+    state = jax.eval_shape(trainer.init, spec.param_shapes(x))
     b = min(trainer.batch_size or x.shape[0], x.shape[0])
     xb = jax.ShapeDtypeStruct((b, *x.shape[1:]), dtype)
     yb = jax.ShapeDtypeStruct((b, *y.shape[1:]), dtype)

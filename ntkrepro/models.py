@@ -118,8 +118,7 @@ class ModelSpec:
         if self.parameterization != "ntk":
             raise ConfigError("init_normal draws N(0, 1) parameters: NTK parameterization only")
         dtype = dtype or jnp.asarray(x).dtype
-        shapes = jax.eval_shape(lambda k: self.module.init(k, jnp.asarray(x[:1], dtype))["params"],
-                                jax.random.PRNGKey(0))
+        shapes = self.param_shapes(x, dtype)
         return jax.tree_util.tree_map(lambda s: jnp.asarray(rng.standard_normal(s.shape), dtype), shapes)
 
     def apply(self, params, x):
@@ -143,9 +142,7 @@ class ModelSpec:
         return self.arch_impl.empirical_ntk(self, params, x1, x2, trace)
 
     def n_params(self, x) -> int:
-        shapes = jax.eval_shape(lambda k: self.module.init(k, jnp.asarray(x[:1]))["params"],
-                                jax.random.PRNGKey(0))
-        return int(sum(np.prod(s.shape) for s in jax.tree_util.tree_leaves(shapes)))
+        return int(sum(np.prod(s.shape) for s in jax.tree_util.tree_leaves(self.param_shapes(x))))
 
 
 @functools.lru_cache(maxsize=None)
