@@ -25,7 +25,8 @@ help:  ## list the targets
 	@echo "make test                       run the test suite"
 	@echo "make bench                      benchmarks against neural-tangents (outputs/bench/)"
 	@echo "make figure-<id> SCALE=paper SHARDS=<n> [LAUNCHER=slurm_gpu]   split into n jobs (a sweep);"
-	@echo "                                 the same command again computes only the unfinished parts"
+	@echo "                                 the same command again computes only the unfinished parts;"
+	@echo "                                 slurm_gpu jobs run with device=gpu (stop unless jax sees a GPU)"
 	@echo "make collect DIR=<sweep folder>  merge the parts of a split run (figure, claims)"
 	@echo "make plan [SCALE=paper] [FIGURES=...] [SHARDS=n]   jobs, work, memory, time here / A100 / H100"
 	@echo "                                 (SCALE defaults to paper for plan; ARGS='--pieces 10': the costliest pieces)"
@@ -45,7 +46,7 @@ ifeq ($(strip $(SHARDS)),)
 	$(PY) -m ntkrepro figure=$* scale=$(SCALE) $(ARGS)
 else
 	$(PY) -m ntkrepro -m figure=$* scale=$(SCALE) shards=$(SHARDS) 'shard=range($(SHARDS))' \
-		$(if $(strip $(LAUNCHER)),hydra/launcher=$(LAUNCHER)) $(ARGS)
+		$(if $(strip $(LAUNCHER)),hydra/launcher=$(LAUNCHER)) $(if $(filter slurm_gpu,$(LAUNCHER)),device=gpu) $(ARGS)
 endif
 
 figures:

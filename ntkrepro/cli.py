@@ -38,7 +38,8 @@ scales     smoke: seconds, tiny sizes, claims not evaluated (checks the plumbing
 settings   figure.paper.<key>=<value>    a setting of the figure at every scale (wins over presets)
            figure.<scale>.<key>=<value>  at that scale only; `+` is accepted but never needed
            seed=<int>  x64=<true|false>  out_root=<dir>  data.root=<dir holding mnist.npz, cifar10.npz>
-           data.source=<auto|npz|tfds|sample>; a figure's settings: python -m ntkrepro figure=<id> --cfg job
+           data.source=<auto|npz|tfds|sample>  device=<auto|gpu> (gpu: stop unless jax sees a GPU)
+           a figure's settings: python -m ntkrepro figure=<id> --cfg job
 sweeps     -m with comma lists, range(a,b) or choice(...): one job per combination, e.g.
            python -m ntkrepro -m figure=lee-s9,lee-s10 scale=smoke seed=0,1
 outputs    <out_root>/<id>/<scale>/<date>_<time>-<token>/ (default out_root=outputs); the newest

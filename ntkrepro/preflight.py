@@ -4,7 +4,7 @@ Overrides are parsed with Hydra's own parser (sweeps `a,b`, `range()`, `choice()
 Each figure setting `figure.paper.<path>=v` or `figure.<scale>.<path>=v` (with or without `+` / `++`)
 must name a setting of every figure run (`ntkrepro.schema`) and hold a value of its type and range
 (`ntkrepro.validate`); it is then passed on as `++figure...`, so `+` is never needed.  Top-level keys:
-seed, x64, scale, out_root, data.source, data.root; a config group choice (`task@figure.paper.task=mnist`)
+seed, x64, scale, out_root, data.source, data.root, device, ...; a config group choice (`task@figure.paper.task=mnist`)
 must name an option of the group; `hydra.*` and `hydra/...` pass through.
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ import itertools
 from ntkrepro import runstate, schema
 from ntkrepro.data import SOURCES
 from ntkrepro.errors import ConfigError
-from ntkrepro.registry import SCALES, figure_ids
+from ntkrepro.registry import DEVICES, SCALES, figure_ids
 from ntkrepro.validate import validate_settings
 
 TOP_LEVEL = ("seed", "x64", "scale", "out_root", "data.source", "data.root", "shards", "shard", "plan",
-             "resume", "checkpoint.every_steps", "checkpoint.every_minutes", "mutation")
+             "resume", "checkpoint.every_steps", "checkpoint.every_minutes", "mutation", "device")
 DIRNAME_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 _ALWAYS_EXCLUDED = ("figure", "scale", "out_root")  # never part of a sweep job's folder name
 
@@ -117,6 +117,9 @@ def _check_top_level(key: str, value) -> None:
         raise ConfigError(f"shard must be a non-negative integer below shards, got {value!r}")
     if key == "mutation" and not (value is None or isinstance(value, str)):
         raise ConfigError(f"mutation must be the name of a mutation or null, got {value!r}")
+    if key == "device" and value not in DEVICES:
+        raise ConfigError(f"unknown device {value!r}; use device=auto (what jax finds) or device=gpu "
+                          "(stop unless jax sees a GPU)")
     if key in ("plan", "resume") and not isinstance(value, bool):
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if key == "checkpoint.every_minutes" and not (isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 SCALES = ("smoke", "cpu", "paper")
+DEVICES = ("auto", "gpu")   # `device=`: what jax finds, or a GPU required (`runner.check_device`)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from ntkrepro import claims as claims_mod
 from ntkrepro import checkpoint, manifest, preflight, runstate, split
 from ntkrepro.errors import ConfigError, NtkreproError
-from ntkrepro.registry import SCALES
+from ntkrepro.registry import DEVICES, SCALES
 from ntkrepro.validate import validate_settings
 
 log = logging.getLogger("ntkrepro")
@@ -112,12 +112,38 @@ def _close_on_error(folder: runstate.RunFolder, err: BaseException) -> None:
     log.error("run failed; traceback in %s", folder.path / "FAILED.txt")
 
 
+GPU_INSTALL = "pip install -e '.[cuda]' (jax with CUDA 12) in this environment"
+
+
+def check_device(device: str, scale: str, backend: str, devices: str = "") -> str | None:
+    """`device=gpu` on a backend other than a GPU: ConfigError (a cluster job that would run a paper
+    preset on the CPU for its whole time limit stops at once instead).  `device=auto`: None, or at
+    scale=paper without a GPU the text of a warning (the paper presets are GPU jobs)."""
+    if device not in DEVICES:
+        raise ConfigError(f"unknown device {device!r}; use device=auto or device=gpu")
+    if backend == "gpu":
+        return None
+    if device == "gpu":
+        found = f", {devices}" if devices else ""
+        raise ConfigError(f"device=gpu but jax finds no GPU here (backend '{backend}'{found}); "
+                          f"install the GPU build: {GPU_INSTALL}, or run with device=auto")
+    if scale == "paper":
+        return (f"scale=paper on jax's '{backend}' backend (no GPU found): the paper presets are GPU jobs "
+                f"(`make plan` prices them); for a GPU: {GPU_INSTALL}")
+    return None
+
+
 def _prepare(cfg: DictConfig, task_overrides):
-    """Effective settings (checked), JAX initialised and the experiment module imported."""
+    """Effective settings (checked), JAX initialised (and its device checked, `check_device`) and the
+    experiment module imported."""
     import jax
 
     jax.config.update("jax_enable_x64", bool(cfg.x64))
     jax.devices()  # initialise the backends now, while stop signals are held
+    warning = check_device(str(cfg.get("device", "auto")), str(cfg.scale), jax.default_backend(),
+                           ", ".join(str(d) for d in jax.devices()))
+    if warning:
+        log.warning(warning)   # on stdout and in the run's ntkrepro.log; stderr stays for errors
     manifest.reset_data()
     run_cfg = effective_settings(cfg, task_overrides)
     validate_settings(OmegaConf.to_container(run_cfg, resolve=True), run_cfg.id,

@@ -18,7 +18,7 @@ from ntkrepro import manifest, runstate
 from ntkrepro.errors import ConfigError
 from ntkrepro.registry import CONF_DIR
 
-_NOT_IN_KEY = ("shard", "plan", "resume")
+_NOT_IN_KEY = ("shard", "plan", "resume", "device")  # how a part runs, not what it computes
 
 
 class NothingToDo(Exception):

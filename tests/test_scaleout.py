@@ -149,6 +149,7 @@ BAD = [
     (["figure=lee-s10", "shards=99", "shard=0"], "fewer than shards=99"),
     (["figure=lee-s10", "plan=maybe"], "plan must be true or false"),
     (["figure=lee-s10", "mutation=nonsense"], "unknown mutation 'nonsense'"),
+    (["figure=lee-s10", "device=cuda"], "unknown device 'cuda'; use device=auto"),
 ]
 
 
@@ -169,6 +170,74 @@ def test_a_launcher_that_is_not_installed_names_the_extra(monkeypatch):
                         lambda name, *a: None if "submitit" in name else real(name, *a))
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[cluster\]'"):
         preflight.check(["figure=lee-s10", "hydra/launcher=slurm_gpu"], True)
+
+
+# ----------------------------------------------------------------------------------------------
+# the device a job runs on
+
+
+def _has_gpu() -> bool:
+    import jax
+
+    return jax.default_backend() == "gpu"
+
+
+@pytest.mark.skipif(_has_gpu(), reason="this machine has a GPU")
+def test_device_gpu_without_a_gpu_stops_a_job_in_one_line_and_writes_nothing(tmp_path):
+    # what a Slurm job of the GPU launcher does on a node where jax was installed without CUDA: stop at
+    # once (not run a paper preset on the CPU for its whole time limit); through make, as a user types it
+    res = make("figure-lee-s10", "SCALE=smoke", f"ARGS=device=gpu out_root={tmp_path / 'out'}", timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("make")]
+    assert res.returncode != 0 and len(lines) == 1, res.stderr[-2000:]
+    assert lines[0].startswith("error: device=gpu but jax finds no GPU here (backend 'cpu'"), lines[0]
+    assert "pip install -e '.[cuda]'" in lines[0] and "Traceback" not in res.stdout + res.stderr
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_check_device():
+    from ntkrepro.errors import ConfigError
+    from ntkrepro.runner import check_device
+
+    for device in ("auto", "gpu"):
+        for scale in SCALES:
+            assert check_device(device, scale, "gpu") is None
+    with pytest.raises(ConfigError, match=r"device=gpu but jax finds no GPU here \(backend 'cpu', cpu:0\)"):
+        check_device("gpu", "smoke", "cpu", "cpu:0")
+    with pytest.raises(ConfigError, match=r"device=gpu .*backend 'tpu'"):
+        check_device("gpu", "paper", "tpu")
+    assert check_device("auto", "smoke", "cpu") is None and check_device("auto", "cpu", "cpu") is None
+    warning = check_device("auto", "paper", "cpu")
+    assert "scale=paper on jax's 'cpu' backend" in warning and "pip install -e '.[cuda]'" in warning
+
+
+def test_the_gpu_launcher_runs_its_jobs_with_device_gpu():
+    # make -n: the command each target would run; only the Slurm GPU launcher requires a GPU
+    def command(*args):
+        res = make("-n", "figure-lee-1", "SCALE=paper", *args)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    assert "device=gpu" in command("SHARDS=2", "LAUNCHER=slurm_gpu")
+    assert "device=gpu" not in command("SHARDS=2", "LAUNCHER=local")
+    assert "device=gpu" not in command("SHARDS=2") and "device=gpu" not in command()
+
+
+def test_device_does_not_change_the_sweep_folder(tmp_path):
+    # a part resumed with device=auto (or on another node) continues the same split run
+    from ntkrepro import sweeps
+    from ntkrepro.preflight import _parse
+
+    base = ["figure=lee-1", "scale=paper", "shards=2"]
+    assert sweeps.folder(_parse([*base, "device=gpu"]), str(tmp_path)) == sweeps.folder(_parse(base), str(tmp_path))
+
+
+def test_the_cuda_extra_installs_a_gpu_build_of_jax():
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("jax[cuda12]") for dep in extras["cuda"])
+    readme = (REPO / "README.md").read_text()
+    assert "pip install -e '.[cluster,cuda]'" in readme
 
 
 def test_launcher_presets_compose():

@@ -249,6 +249,8 @@ def test_paper_scale_with_the_shared_data_root_stops_with_the_available_count(tm
     assert res.returncode == 2, res.stderr[-2000:]
     line = error_line(res)
     assert "asked for 50000 train examples of cifar10" in line and "holds 5085" in line
+    if jax.default_backend() != "gpu":  # device=auto: the paper preset without a GPU is logged (stdout)
+        assert "[WARNING] - scale=paper on jax's 'cpu' backend (no GPU found)" in res.stdout, res.stdout[-2000:]
     assert not [f for f in tmp_path.rglob("*") if f.is_file()]
 
 
