@@ -2,7 +2,10 @@
 
 Sources (`source=`), each returning the same arrays for the same images:
   "npz"    a data root holding `mnist.npz` and `cifar10.npz` (or, failing that, `cifar10_partial.npz`),
-           keys x_train y_train x_test y_test, pixels uint8;
+           keys x_train y_train x_test y_test, pixels uint8; or the files as the data sets' own sites
+           distribute them, read as they are (no conversion step): MNIST's four IDX files
+           (`train-images-idx3-ubyte.gz`, ..., gzipped or not) and CIFAR-10's python version
+           (`cifar-10-python.tar.gz`, or the `cifar-10-batches-py/` folder it unpacks to);
   "tfds"   `tensorflow_datasets.data_source(name, split, download=True, data_dir=root)`;
   "sample" the small real samples inside the package (`ntkrepro/samples/<name>_sample.npz`:
            MNIST first 2000 train / 500 test, CIFAR-10 first 1000 train / 200 test);
@@ -16,8 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
 import hashlib
 import importlib
+import io
+import pickle
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +42,13 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
 CLASS_NAMES = {"mnist": tuple(str(d) for d in range(10)), "cifar10": CIFAR10_CLASSES}
 IMAGE_SHAPE = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 NPZ_FILES = {"mnist": ("mnist.npz",), "cifar10": ("cifar10.npz", "cifar10_partial.npz")}
+# the files as distributed by the data sets' sites (yann.lecun.com / its mirrors; cs.toronto.edu/~kriz)
+MNIST_IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+CIFAR10_PYTHON = ("cifar-10-python.tar.gz", "cifar-10-batches-py")
+CIFAR10_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+LOOKED_FOR = {"mnist": ("mnist.npz", "train-images-idx3-ubyte[.gz] and the other MNIST IDX files"),
+              "cifar10": ("cifar10.npz", *CIFAR10_PYTHON, "cifar10_partial.npz")}
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 STD_FLOOR = 1e-8
 PM1_NEEDS_TWO = "targets=pm1 needs exactly 2 classes, got {k}; set data.classes=[a,b] or data.targets=onehot"
@@ -89,16 +103,97 @@ def _read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"cannot read {path} ({_one_line(err)}); replace the file or set data.source=tfds") from err
 
 
+def _idx_file(root: Path, stem: str) -> Path | None:
+    return next((root / f for f in (stem, stem + ".gz") if (root / f).is_file()), None)
+
+
 def _find_npz(name: str, root) -> Path:
+    """The file of data set `name` under the data root: its .npz, else the distributed files (the first
+    MNIST IDX file; CIFAR-10's archive or unpacked folder), else `cifar10_partial.npz`."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"data root {root} does not exist; set data.root=<dir holding "
                         f"{' or '.join(NPZ_FILES[name])}> or data.source=tfds")
-    for fname in NPZ_FILES[name]:
-        if (root / fname).is_file():
-            return root / fname
-    raise DataError(f"data set {name!r} not found under {root} (looked for {', '.join(NPZ_FILES[name])}); "
+    found = [root / NPZ_FILES[name][0]]
+    if name == "mnist":
+        found.append(_idx_file(root, MNIST_IDX["train"][0]))
+    else:
+        found += [root / CIFAR10_PYTHON[0], root / CIFAR10_PYTHON[1], root / NPZ_FILES[name][1]]
+    for path in found:
+        if path is not None and (path.is_dir() if path.name == CIFAR10_PYTHON[1] else path.is_file()):
+            return path
+    raise DataError(f"data set {name!r} not found under {root} (looked for {', '.join(LOOKED_FOR[name])}); "
                     f"set data.root=<dir holding it> or data.source=tfds")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (MNIST's format: 0, 0, type 0x08, ndim, then ndim big-endian int32
+    sizes and the data), gzipped or not."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except Exception as err:  # noqa: BLE001 - a damaged download becomes one clear line
+        raise DataError(f"cannot read {path} ({_one_line(err)}); download it again") from err
+    ndim = raw[3] if len(raw) >= 4 else 0
+    if raw[:3] != b"\0\0\x08" or len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes; download it again")
+    shape = tuple(int(v) for v in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DataError(f"{path} holds {data.size} bytes of data for the shape {shape}; download it again")
+    return data.reshape(shape)
+
+
+def _read_mnist_idx(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    paths = [_idx_file(root, stem) for stem in MNIST_IDX[split]]
+    if None in paths:
+        missing = [stem for stem, p in zip(MNIST_IDX[split], paths) if p is None]
+        raise DataError(f"{root} lacks {', '.join(missing)}[.gz] (MNIST's {split} split); download it beside "
+                        f"{MNIST_IDX['train'][0]}")
+    return _read_idx(paths[0]), _read_idx(paths[1])
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles CIFAR-10's batches (dicts of bytes, lists and numpy arrays) and nothing that could run code."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def _cifar_batches(source: Path, names) -> list[bytes]:
+    if source.is_dir():
+        return [(source / n).read_bytes() for n in names]
+    with tarfile.open(source, "r:gz") as tar:
+        return [tar.extractfile(f"{CIFAR10_PYTHON[1]}/{n}").read() for n in names]
+
+
+def _read_cifar_python(source: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10's python version: the batches of `split` from the archive or its unpacked folder (each a
+    pickled dict: b"data" (10000, 3072) uint8, channel-first rows; b"labels")."""
+    xs, ys = [], []
+    try:
+        for raw in _cifar_batches(source, CIFAR10_BATCHES[split]):
+            d = _ArraysOnly(io.BytesIO(raw), encoding="bytes").load()
+            xs.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            ys.append(np.asarray(d[b"labels"], np.int64))
+    except Exception as err:  # noqa: BLE001 - a damaged archive or batch becomes one clear line
+        raise DataError(f"cannot read CIFAR-10's {split} batches from {source} ({_one_line(err)}); "
+                        "download cifar-10-python.tar.gz again") from err
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _read_found(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, Path]:
+    """(x, y, the file they came from) for what `_find_npz` found."""
+    if path.suffix == ".npz":
+        return (*_read_npz(path, split), path)
+    if path.name.startswith(MNIST_IDX["train"][0]):
+        x, y = _read_mnist_idx(path.parent, split)
+        return x, y, _idx_file(path.parent, MNIST_IDX[split][0])
+    return (*_read_cifar_python(path, split), path)
 
 
 def _read_tfds(name: str, split: str, root) -> tuple[np.ndarray, np.ndarray]:
@@ -179,9 +274,8 @@ def load_raw(name: str, split: str, *, source: str = "auto", root=None):
         if root is None:
             raise DataError("data.source=npz needs a data root; set data.root=<dir holding "
                             f"{' or '.join(NPZ_FILES[name])}>")
-        path = _find_npz(name, root)
-        x, y = _read_npz(path, split)
-        label = f"npz:{path}"
+        x, y, path = _read_found(_find_npz(name, root), split)
+        label = f"{'npz' if path.suffix == '.npz' else 'files'}:{path}"
     elif resolved == "tfds":
         x, y = _read_tfds(name, split, root)
         label = "tfds"

@@ -50,6 +50,122 @@ def test_npz_root_reads_files_and_adds_mnist_channel(root):
     assert x.shape == (3, 32, 32, 3) and list(y) == [0, 1, 2] and info["n_available"] == 3
 
 
+# ------------------------------------------------------------ the files as the data sets' sites ship them
+def _idx(a) -> bytes:
+    """An IDX file of unsigned bytes: 0, 0, 0x08, ndim, big-endian int32 sizes, data (MNIST's format)."""
+    a = np.asarray(a, np.uint8)
+    return bytes([0, 0, 8, a.ndim]) + np.asarray(a.shape, ">i4").tobytes() + a.tobytes()
+
+
+def write_mnist_idx(root: Path, arrays: dict, gz: bool = True) -> None:
+    import gzip
+
+    for split, (images, labels) in data.MNIST_IDX.items():
+        for stem, key in ((images, f"x_{split}"), (labels, f"y_{split}")):
+            raw = _idx(arrays[key])
+            (root / (stem + ".gz" if gz else stem)).write_bytes(gzip.compress(raw) if gz else raw)
+
+
+def _cifar_batch(x, y) -> bytes:
+    """One batch as CIFAR-10's python version holds it (written by Python 2: bytes keys, the array's
+    reconstructor under its old module name numpy.core.multiarray), channel-first rows of 3072 bytes."""
+    import pickle
+
+    d = {b"batch_label": b"batch", b"labels": [int(v) for v in y],
+         b"data": np.ascontiguousarray(np.asarray(x, np.uint8).transpose(0, 3, 1, 2).reshape(len(x), 3072)),
+         b"filenames": [b"f.png"] * len(x)}
+    raw = pickle.dumps(d, protocol=3)
+    return raw.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
+def write_cifar_python(root: Path, arrays: dict, archive: bool = True, batch=None) -> Path:
+    import io
+    import tarfile
+
+    parts = np.array_split(np.arange(len(arrays["y_train"])), 5)
+    files = {f"data_batch_{i + 1}": _cifar_batch(arrays["x_train"][p], arrays["y_train"][p]) for i, p in enumerate(parts)}
+    files["test_batch"] = batch if batch is not None else _cifar_batch(arrays["x_test"], arrays["y_test"])
+    if not archive:
+        (root / "cifar-10-batches-py").mkdir()
+        for name, raw in files.items():
+            (root / "cifar-10-batches-py" / name).write_bytes(raw)
+        return root / "cifar-10-batches-py"
+    with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for name, raw in files.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return root / "cifar-10-python.tar.gz"
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_idx_files_as_distributed_give_the_npz_arrays(tmp_path, gz):
+    arrays = fake_npz(tmp_path / "ref.npz", (28, 28), list(range(10)) * 3, labels_test=[3, 1, 4, 1, 5])
+    write_mnist_idx(tmp_path, arrays, gz=gz)
+    for split in data.SPLITS:
+        x, y, info = data.load_raw("mnist", split, root=tmp_path)
+        assert np.array_equal(x[..., 0], arrays[f"x_{split}"]) and np.array_equal(y, arrays[f"y_{split}"])
+        stem = data.MNIST_IDX[split][0] + (".gz" if gz else "")
+        assert info["source"] == f"files:{tmp_path.resolve() / stem}" and y.dtype == np.int64
+    (tmp_path / "mnist.npz").write_bytes((tmp_path / "ref.npz").read_bytes())   # an npz comes first
+    assert data.load_raw("mnist", "train", root=tmp_path)[2]["path"].endswith("mnist.npz")
+
+
+@pytest.mark.parametrize("archive", [True, False])
+def test_cifar10_python_version_as_distributed_gives_the_npz_arrays(tmp_path, archive):
+    arrays = fake_npz(tmp_path / "ref.npz", (32, 32, 3), [7, 0, 2, 2, 0, 7, 2, 0, 2, 9, 1], labels_test=[5, 6, 8])
+    where = write_cifar_python(tmp_path, arrays, archive=archive)
+    for split in data.SPLITS:
+        x, y, info = data.load_raw("cifar10", split, root=tmp_path)
+        assert np.array_equal(x, arrays[f"x_{split}"]) and np.array_equal(y, arrays[f"y_{split}"])
+        assert info["path"] == str(where.resolve())
+    fake_npz(tmp_path / "cifar10_partial.npz", (32, 32, 3), [1, 2])   # the official files beat the partial
+    assert data.load_raw("cifar10", "train", root=tmp_path)[2]["path"] == str(where.resolve())
+
+
+@needs_shared
+def test_real_mnist_written_as_idx_files_reads_back_identical(tmp_path):
+    with np.load(SHARED / "mnist.npz") as f:
+        arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    write_mnist_idx(tmp_path, arrays)
+    for split in data.SPLITS:
+        assert data.load_raw("mnist", split, root=tmp_path)[2]["checksum"] == \
+            data.load_raw("mnist", split, root=SHARED)[2]["checksum"]
+
+
+def test_damaged_or_unsafe_distributed_files_are_one_line(tmp_path):
+    import pickle
+
+    arrays = fake_npz(tmp_path / "ref.npz", (28, 28), [1, 2, 3])
+    write_mnist_idx(tmp_path, arrays)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError) as err:
+        data.load_raw("mnist", "test", root=tmp_path)
+    assert "lacks t10k-labels-idx1-ubyte[.gz]" in one_line(err)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError) as err:
+        data.load_raw("mnist", "test", root=tmp_path)
+    assert "download it again" in one_line(err)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx(arrays["y_test"])[:-1])   # one byte short
+    with pytest.raises(DataError) as err:
+        data.load_raw("mnist", "test", root=tmp_path)
+    assert "holds 2 bytes of data for the shape (3,)" in one_line(err)
+
+    class Boom:  # a pickle that would run code when loaded
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    carr = fake_npz(tmp_path / "c.npz", (32, 32, 3), [1, 2])
+    write_cifar_python(tmp_path, carr, batch=pickle.dumps({b"data": Boom()}, protocol=3))
+    with pytest.raises(DataError) as err:
+        data.load_raw("cifar10", "test", root=tmp_path)
+    assert "builtins.print is not allowed in a CIFAR-10 batch" in one_line(err)
+    with pytest.raises(DataError) as err:
+        data.load_raw("cifar10", "train", root=tmp_path / "nowhere")
+    assert "does not exist" in one_line(err)
+
+
 def test_npz_prefers_full_cifar_file_then_partial(tmp_path):
     fake_npz(tmp_path / "cifar10_partial.npz", (32, 32, 3), [1, 2])
     assert data.load_raw("cifar10", "train", root=tmp_path)[2]["path"].endswith("cifar10_partial.npz")
@@ -65,7 +181,7 @@ def test_npz_missing_root_file_keys_and_bad_dtype(tmp_path):
     with pytest.raises(DataError) as err:
         data.load_raw("cifar10", "train", root=tmp_path)
     msg = one_line(err)
-    assert "cifar10.npz, cifar10_partial.npz" in msg and str(tmp_path) in msg and "data.source=tfds" in msg
+    assert "cifar10.npz, cifar-10-python.tar.gz, cifar-10-batches-py, cifar10_partial.npz" in msg and str(tmp_path) in msg and "data.source=tfds" in msg
     with pytest.raises(DataError) as err:
         data.load_raw("mnist", "train", source="npz")
     assert "data.root" in one_line(err)
@@ -341,3 +457,23 @@ def test_gaussian_inputs_and_unit_circle():
         with pytest.raises(ConfigError) as err:
             bad()
         one_line(err)
+
+
+def test_a_figure_reads_the_distributed_mnist_files_through_make(tmp_path):
+    # the shipped MNIST sample written as the four IDX files: the run reads them (manifest) and its
+    # metrics equal those of the same run on the sample itself
+    import pandas as pd
+
+    from helpers import make
+
+    root = tmp_path / "idx"
+    root.mkdir()
+    with np.load(data.SAMPLES_DIR / "mnist_sample.npz") as f:
+        write_mnist_idx(root, {k: f[k] for k in f.files})
+    runs = {}
+    for name, source in (("files", f"data.source=npz data.root={root}"), ("sample", "data.source=sample")):
+        res = make("figure-lee-1", "SCALE=smoke", f"ARGS={source} out_root={tmp_path / name}", timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        runs[name] = (tmp_path / name / "lee-1" / "smoke" / "latest").resolve()
+    assert f"files:{root / 'train-images-idx3-ubyte.gz'}" in (runs["files"] / "manifest.json").read_text()
+    pd.testing.assert_frame_equal(pd.read_csv(runs["files"] / "metrics.csv"), pd.read_csv(runs["sample"] / "metrics.csv"))
