@@ -325,3 +325,23 @@ def test_mutations_change_the_expansion_point_or_the_linearization_learning_rate
     slow = lee_wrn.trainer(OmegaConf.merge(cfg, {"mutation": "lin_lr"}), spec, "linearized")
     assert slow.linearized and slow.lr == cfg.lr / 10
     assert set(lee_wrn.MUTATIONS) == {"expansion_redrawn", "lin_lr"}
+
+
+def test_a_diverging_run_is_recorded_and_fails_its_claims_instead_of_stopping():
+    # eta = 1e30: both models blow up within the smoke run's 6 steps; the run finishes, records which
+    # model diverged, and no claim PASSes on the finite remainder (pandas' max would skip the NaNs)
+    from helpers import run_in_process
+
+    metrics, cfg, module = run_in_process("lee-4", "smoke", ["figure.paper.lr=1e30"])
+    div = metrics[metrics.quantity == "diverged"].set_index("model").value
+    assert div.to_dict() == {"network": 1.0, "linearized": 1.0}
+    result = {c.claim: c for c in module.claims(metrics, cfg)}
+    for name, c in result.items():
+        if "Table S1" not in name:
+            assert c.status == "FAIL", (name, c.value)
+    diverged = next(c for n, c in result.items() if n.startswith("neither the WRN"))
+    assert diverged.value == 2 and "network, linearized" in diverged.measure
+    calm, cfg, module = run_in_process("lee-4", "smoke")
+    assert calm[calm.quantity == "diverged"].value.tolist() == [0.0, 0.0]
+    ok = next(c for c in module.claims(calm, cfg) if c.claim.startswith("neither the WRN"))
+    assert ok.status == "PASS" and ok.measure.endswith("none")
