@@ -171,7 +171,7 @@ def g_deviation(metrics) -> pd.Series:
     """Per width: max over t and trials of | ||g_t|| - 0.5 exp(-lambda_2 t) | / 0.5."""
     g = C.select(metrics, "g_norm")
     dev = np.abs(g.value.to_numpy() - theory(g.step, lambda2_train(metrics))) / 0.5
-    return pd.Series(dev, index=g.index).groupby(g.width).max()
+    return pd.Series(dev, index=g.index).groupby(g.width).max(skipna=False)   # a diverged run: NaN
 
 
 def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
@@ -187,7 +187,7 @@ def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
                        "input scale not stated: chosen as the ones whose analytic kernel gives these values, "
                        "see the config)", f"lambda_{i + 1}(ours) / lambda_{i + 1}(paper)", lam[i] / paper[i],
                        *tol.eigenvalue_ratio, kind="check") for i in range(min(3, len(lam)))]
-    h, g = (C.select(metrics, q).groupby("width").value.mean() for q in ("h_norm", "g_norm"))
+    h, g = (C.select(metrics, q).groupby("width").value.mean(skipna=False) for q in ("h_norm", "g_norm"))
     dev, widths = g_deviation(metrics), sorted(h.index)
     lo, hi = int(widths[0]), int(widths[-1])
     out.append(C.below(f"||h_t|| is smaller for wider networks (n={hi} vs n={lo})",

@@ -195,7 +195,8 @@ def cost(cfg, point) -> list[costs.Cost]:
 
 
 def summary(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per class and width: ||H|| at w_0 and max along the path, ||grad f|| at w_0 (max over inputs)."""
+    """Per class and width: ||H|| at w_0 and max along the path (nan when the run diverged: the path
+    is not measured past a non-finite loss), ||grad f|| at w_0 (max over inputs)."""
     h = metrics[metrics.quantity == "hessian_norm"]
     g = metrics[metrics.quantity == "grad_norm"]
     d = metrics[metrics.quantity == "delta_k"].set_index(["cls", "width"])
@@ -203,7 +204,8 @@ def summary(metrics: pd.DataFrame) -> pd.DataFrame:
     for (cls, width), hg in h.groupby(["cls", "width"]):
         gg = g[(g.cls == cls) & (g.width == width)]
         out.append(dict(cls=cls, width=width, hess_init=hg[hg.step == 0].value.max(),
-                        hess_path=hg.value.max(), grad_init=gg[gg.step == 0].value.max(),
+                        hess_path=hg.value.max() if not d.diverged.get((cls, width), 0) else np.nan,
+                        grad_init=gg[gg.step == 0].value.max(),
                         grad_path_min=gg.value.min(), delta_k=d.value.get((cls, width), np.nan),
                         loss_ratio=d.loss_ratio.get((cls, width), np.nan)))
     return pd.DataFrame(out).sort_values(["cls", "width"])
@@ -212,7 +214,7 @@ def summary(metrics: pd.DataFrame) -> pd.DataFrame:
 def _slopes(s: pd.DataFrame) -> dict:
     out = {}
     for cls, g in s.groupby("cls"):
-        out[cls] = {q: C.loglog_slope(g.width, g[q]) for q in ("hess_init", "hess_path", "grad_init")}
+        out[cls] = {q: C.loglog_slope(g.width, g[q], strict=True) for q in ("hess_init", "hess_path", "grad_init")}
     return out
 
 

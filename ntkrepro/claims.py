@@ -59,11 +59,12 @@ def _f(v):
     return None if v is None else float(v)
 
 
-def loglog_slope(x, y) -> float:
-    """Least-squares slope of log y against log x (nan when fewer than two finite points)."""
+def loglog_slope(x, y, strict: bool = False) -> float:
+    """Least-squares slope of log y against log x over the finite positive points (nan when fewer than
+    two); `strict`: nan when any y is not finite (e.g. a diverged run), so a claim on it fails."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    if ok.sum() < 2:
+    if ok.sum() < 2 or (strict and not np.all(np.isfinite(y))):
         return float("nan")
     return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
 
