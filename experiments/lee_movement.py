@@ -202,12 +202,6 @@ def fit_widths(widths, fit_points: int) -> list:
     return sorted(set(widths))[-int(fit_points):]
 
 
-def _worst(values) -> float:
-    """Largest value, NaN if any is not finite (a diverged run fails the claim)."""
-    v = np.asarray(values, float)
-    return float(v.max()) if len(v) and np.all(np.isfinite(v)) else np.nan
-
-
 def _slope_claims(label: str, pg, wide, tol, cite: str) -> list[C.Claim]:
     """Input / readout weights like n^-1/2, intermediate ones like n^-1, kernels closer to n^-1 than
     to n^-1/2 (the caption's "upper bounded by O(1/sqrt(n))" follows from it: not a claim of its own)."""
@@ -241,9 +235,9 @@ def _checks(label: str, panel: str, pg, half, metrics, wide, tol) -> list[C.Clai
         h = half[(half.panel == panel) & (half.series == kern)].set_index("width").value
         out.append(C.below(f"{label}: the {kern.upper()} change has saturated by step T",
                            f"max over {where} of (change at T - change at T/2) / change at T",
-                           _worst((e - h.reindex(e.index)) / e), float(tol.kernel_growth), kind="check"))
+                           C.strict_max((e - h.reindex(e.index)) / e), float(tol.kernel_growth), kind="check"))
     sel = metrics[(metrics.panel == panel) & metrics.width.isin(wide)].set_index(["width", "trial"])
-    ratio = _worst(sel[sel.quantity == "loss_final"].value / sel[sel.quantity == "loss_initial"].value)
+    ratio = C.strict_max(sel[sel.quantity == "loss_final"].value / sel[sel.quantity == "loss_initial"].value)
     diverged = metrics[(metrics.panel == panel) & (metrics.quantity == "diverged")].value.max()
     out.append(C.below(f"{label}: training is near convergence after T steps, no run diverged",
                        f"max over {where} and trials of L(theta_T) / L(theta_0) (NaN if any width diverged)",

@@ -299,17 +299,17 @@ def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
     agree = agreement(metrics)
     out = []
     for split in SPLITS:
-        rel = agree[agree.split == split].rel_rmse.to_numpy(float)   # NaN (a diverged model) fails the claim
+        rel = agree[agree.split == split].rel_rmse   # NaN (a diverged model) fails the claim
         out.append(C.below(f"the outputs of the WRN and of its linearization stay close over the whole "
                            f"run ({split} points)",
                            f"max_t RMSE(f_t - f_lin_t) / std(f_t), {cfg.n_compare} random {split} points, "
-                           "k outputs", float(np.max(rel)), tol.output_rel_rmse,
+                           "k outputs", C.strict_max(rel), tol.output_rel_rmse,
                            cite=f"{FIG4} and panes 1-2 (output dynamics of random {split} points)"))
     a = _series(metrics, "loss", model="network", split="train")
     b = _series(metrics, "loss", model="linearized", split="train")
     out.append(C.below("the training-loss curves of the WRN and of its linearization agree",
                        "max_t |L_net(t) - L_lin(t)| / L_net(t), training evaluation points",
-                       float(np.max((np.abs(a - b) / a).to_numpy(float))), tol.loss_rel_diff,
+                       C.strict_max(np.abs(a - b) / a), tol.loss_rel_diff,
                        cite=f"{FIG4} and pane 3 (training curves)"))
     acc = {m: _series(metrics, "accuracy", model=m, split="test") for m in MODELS}
     diverged = C.select(metrics, "diverged")

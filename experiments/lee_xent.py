@@ -268,7 +268,7 @@ def _ode_claim(metrics, cfg) -> list[C.Claim]:
                     "linearized model (ODE solver vs GD)",
                     f"max over t and train/test of RMSE(ODE - f_lin GD) / RMSE(f_lin - f_0), n={w}, "
                     f"{int(cfg.n_ode)} train points, lr={cfg.ode_lr}",
-                    float(np.max(m.value.to_numpy(float))), float(cfg.claims.ode_rel_max), kind="check")]
+                    C.strict_max(m.value), float(cfg.claims.ode_rel_max), kind="check")]
 
 
 def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:

@@ -175,14 +175,6 @@ def _summary(metrics):
                              trials=g.value.size())).reset_index()
 
 
-def _max(v) -> float:
-    return float(np.max(np.asarray(v, float)))   # nan if any is nan (pandas' max would skip it)
-
-
-def _min(v) -> float:
-    return float(np.min(np.asarray(v, float)))
-
-
 def _panel(metrics, **where):
     """Delta K(t) rows of trial 0 matching `where` (the right panel shows one training run)."""
     t = metrics[(metrics.quantity == "delta_k_t") & (metrics.trial == 0)]
@@ -209,7 +201,7 @@ def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
     for o in [o for o in s.output.unique() if o != "linear"]:
         g = s[s.output == o].sort_values("width")
         out.append(C.above(f"{o} output: Delta K stays of order one at every width (Sec. 4, term A)",
-                           "min over widths of Delta K", _min(g.value), tol.nonlinear_min,
+                           "min over widths of Delta K", C.strict_min(g.value), tol.nonlinear_min,
                            cite=f"{PAPER}, Sec. 6 and Fig. 1 (left): 'always takes significant change, even "
                                 "if the network width is large'; Sec. 4, term A"))
         out.append(C.in_range(f"{o} output: Delta K does not decay with the width",
@@ -221,16 +213,16 @@ def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
                            "kernel far more", f"Delta K({o}) / Delta K(linear) at m={wide}", ratio,
                            tol.ratio_at_widest, cite=f"{PAPER}, Fig. 1 (left)"))
         out.append(C.below(f"{o} output: gradient descent still converges (Thm. 5.1)",
-                           "max over widths of L(w_T) / L(w_0)", _max(g.loss_ratio),
+                           "max over widths of L(w_T) / L(w_0)", C.strict_max(g.loss_ratio),
                            tol.nonlinear_loss_ratio, cite=f"{PAPER}, Thm. 5.1 (Sec. 5); Sec. 6"))
     out.append(C.below("linear output: gradient descent converged at every width (Delta K is measured "
                        "from initialization to convergence)", "max over widths of L(w_T) / L(w_0)",
-                       _max(lin.loss_ratio), tol.linear_loss_ratio, kind="check"))
+                       C.strict_max(lin.loss_ratio), tol.linear_loss_ratio, kind="check"))
     panel = int(cfg.panel_width)
     t = _panel(metrics, output="linear", width=panel)
     if len(t):
         out.append(C.below(f"right panel: the linear-output kernel is nearly unchanged during training at "
-                           f"m={panel}", "sup_t Delta K(t)", _max(t.value), tol.linear_panel_max,
+                           f"m={panel}", "sup_t Delta K(t)", C.strict_max(t.value), tol.linear_panel_max,
                            cite=f"{PAPER}, Fig. 1 (right) and Sec. 6: 'nearly unchanged during training'"))
     return out
 
@@ -253,7 +245,7 @@ def _claims_bottleneck(metrics, cfg):
                 f"Delta K at m_b={int(wide.bottleneck_width)}", float(wide.value), tol.wide_max,
                 cite=f"{PAPER}, Fig. 2; Sec. 3.2, Thm. 3.2 (every hidden layer wide: small Hessian)"),
         C.below("gradient descent converged for every bottleneck width", "max over m_b of L(w_T) / L(w_0)",
-                _max(s.loss_ratio), tol.loss_ratio, kind="check"),
+                C.strict_max(s.loss_ratio), tol.loss_ratio, kind="check"),
     ]
 
 

@@ -59,6 +59,20 @@ def _f(v):
     return None if v is None else float(v)
 
 
+def strict_max(values) -> float:
+    """The largest value; nan when there are none or any is not finite (a diverged run), so that a
+    claim on it fails instead of passing on the finite rest (numpy's nan-skipping and pandas' max
+    would skip nan)."""
+    v = np.asarray(values, float)
+    return float(v.max()) if v.size and np.all(np.isfinite(v)) else float("nan")
+
+
+def strict_min(values) -> float:
+    """The smallest value; nan when there are none or any is not finite (see `strict_max`)."""
+    v = np.asarray(values, float)
+    return float(v.min()) if v.size and np.all(np.isfinite(v)) else float("nan")
+
+
 def loglog_slope(x, y, strict: bool = False) -> float:
     """Least-squares slope of log y against log x over the finite positive points (nan when fewer than
     two); `strict`: nan when any y is not finite (e.g. a diverged run), so a claim on it fails."""

@@ -230,11 +230,13 @@ def pieces_table(jobs: Sequence[Job], top: int = 10, accelerators=("A100", "H100
     for job in jobs:
         for c in job.costs:
             merged.setdefault(c.name, []).append(c)
-    total = sum(j.seconds(ACCELERATORS[accelerators[0]]) for j in jobs) or float("nan")
+    times = {name: [sum(c.seconds(ACCELERATORS[a]) for c in cs) for a in accelerators]
+             for name, cs in merged.items()}
+    total = sum(t[0] for t in times.values()) or float("nan")
     rows = [["piece", "calls", "GFLOP", "peak MiB"] + list(accelerators) + ["share"]]
-    ranked = sorted(merged.items(), key=lambda kv: -sum(c.seconds(ACCELERATORS[accelerators[0]]) for c in kv[1]))
+    ranked = sorted(merged.items(), key=lambda kv: -times[kv[0]][0])
     for name, cs in ranked[:top]:
-        t = [sum(c.seconds(ACCELERATORS[a]) for c in cs) for a in accelerators]
+        t = times[name]
         rows.append([name, f"{sum(c.calls for c in cs):.3g}", f"{sum(c.total_flops for c in cs) / 1e9:.3g}",
                      f"{max(c.peak_memory for c in cs) / 2 ** 20:.3g}"] + [human_time(x) for x in t]
                     + [f"{100 * t[0] / total:.1f}%"])

@@ -107,7 +107,7 @@ def _idx_file(root: Path, stem: str) -> Path | None:
     return next((root / f for f in (stem, stem + ".gz") if (root / f).is_file()), None)
 
 
-def _find_npz(name: str, root) -> Path:
+def _find_local(name: str, root) -> Path:
     """The file of data set `name` under the data root: its .npz, else the distributed files (the first
     MNIST IDX file; CIFAR-10's archive or unpacked folder), else `cifar10_partial.npz`."""
     root = Path(root).expanduser().resolve()
@@ -144,13 +144,14 @@ def _read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape)
 
 
-def _read_mnist_idx(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_mnist_idx(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, Path]:
+    """(images, labels, the images' file) of MNIST's `split` from its IDX files under root."""
     paths = [_idx_file(root, stem) for stem in MNIST_IDX[split]]
     if None in paths:
         missing = [stem for stem, p in zip(MNIST_IDX[split], paths) if p is None]
         raise DataError(f"{root} lacks {', '.join(missing)}[.gz] (MNIST's {split} split); download it beside "
                         f"{MNIST_IDX['train'][0]}")
-    return _read_idx(paths[0]), _read_idx(paths[1])
+    return _read_idx(paths[0]), _read_idx(paths[1]), paths[0]
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -187,12 +188,11 @@ def _read_cifar_python(source: Path, split: str) -> tuple[np.ndarray, np.ndarray
 
 
 def _read_found(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, Path]:
-    """(x, y, the file they came from) for what `_find_npz` found."""
+    """(x, y, the file they came from) for what `_find_local` found."""
     if path.suffix == ".npz":
         return (*_read_npz(path, split), path)
     if path.name.startswith(MNIST_IDX["train"][0]):
-        x, y = _read_mnist_idx(path.parent, split)
-        return x, y, _idx_file(path.parent, MNIST_IDX[split][0])
+        return _read_mnist_idx(path.parent, split)
     return (*_read_cifar_python(path, split), path)
 
 
@@ -274,7 +274,7 @@ def load_raw(name: str, split: str, *, source: str = "auto", root=None):
         if root is None:
             raise DataError("data.source=npz needs a data root; set data.root=<dir holding "
                             f"{' or '.join(NPZ_FILES[name])}>")
-        x, y, path = _read_found(_find_npz(name, root), split)
+        x, y, path = _read_found(_find_local(name, root), split)
         label = f"{'npz' if path.suffix == '.npz' else 'files'}:{path}"
     elif resolved == "tfds":
         x, y = _read_tfds(name, split, root)

@@ -15,7 +15,7 @@ import itertools
 from ntkrepro import runstate, schema
 from ntkrepro.data import SOURCES
 from ntkrepro.errors import ConfigError
-from ntkrepro.registry import DEVICES, SCALES, figure_ids
+from ntkrepro.registry import DEVICES, SCALES, UNKNOWN_DEVICE, figure_ids
 from ntkrepro.validate import validate_settings
 
 TOP_LEVEL = ("seed", "x64", "scale", "out_root", "data.source", "data.root", "shards", "shard", "plan",
@@ -118,8 +118,7 @@ def _check_top_level(key: str, value) -> None:
     if key == "mutation" and not (value is None or isinstance(value, str)):
         raise ConfigError(f"mutation must be the name of a mutation or null, got {value!r}")
     if key == "device" and value not in DEVICES:
-        raise ConfigError(f"unknown device {value!r}; use device=auto (what jax finds) or device=gpu "
-                          "(stop unless jax sees a GPU)")
+        raise ConfigError(UNKNOWN_DEVICE.format(value))
     if key in ("plan", "resume") and not isinstance(value, bool):
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if key == "checkpoint.every_minutes" and not (isinstance(value, (int, float)) and not isinstance(value, bool)

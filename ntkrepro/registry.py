@@ -6,6 +6,8 @@ from pathlib import Path
 
 SCALES = ("smoke", "cpu", "paper")
 DEVICES = ("auto", "gpu")   # `device=`: what jax finds, or a GPU required (`runner.check_device`)
+UNKNOWN_DEVICE = ("unknown device {!r}; use device=auto (what jax finds) or device=gpu (stop unless jax "
+                  "sees a GPU)")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from ntkrepro import claims as claims_mod
 from ntkrepro import checkpoint, manifest, preflight, runstate, split
 from ntkrepro.errors import ConfigError, NtkreproError
-from ntkrepro.registry import DEVICES, SCALES
+from ntkrepro.registry import DEVICES, SCALES, UNKNOWN_DEVICE
 from ntkrepro.validate import validate_settings
 
 log = logging.getLogger("ntkrepro")
@@ -120,7 +120,7 @@ def check_device(device: str, scale: str, backend: str, devices: str = "") -> st
     preset on the CPU for its whole time limit stops at once instead).  `device=auto`: None, or at
     scale=paper without a GPU the text of a warning (the paper presets are GPU jobs)."""
     if device not in DEVICES:
-        raise ConfigError(f"unknown device {device!r}; use device=auto or device=gpu")
+        raise ConfigError(UNKNOWN_DEVICE.format(device))
     if backend == "gpu":
         return None
     if device == "gpu":
