@@ -62,8 +62,8 @@ plan:  # the paper scale unless SCALE is given
 collect:
 	$(PY) -m ntkrepro.collect $(DIR)
 
-verify:
-	$(PY) -m ntkrepro.verify --scale $(SCALE) --seeds $(SEEDS) --figures "$(FIGURES)" $(ARGS)
+verify:  # the cpu scale unless SCALE is given (smoke evaluates no claims)
+	$(PY) -m ntkrepro.verify --scale $(if $(filter command line environment,$(origin SCALE)),$(SCALE),cpu) --seeds $(SEEDS) --figures "$(FIGURES)" $(ARGS)
 
 report:
 	$(PY) -m ntkrepro.report $(ARGS)

@@ -65,6 +65,8 @@ def main(argv=None) -> int:
     for fid in figures:
         row, code = run_one(fid, args.scale, args.overrides)
         rows.append(row)
+        if code == 0 and row[1] != "finished":  # exit 0 without a finished run of this figure
+            code = 1
         worst = worst or code
         if code > 128:  # stopped by a signal (Ctrl-C, SIGTERM): stop the batch too
             break

@@ -135,6 +135,15 @@ def task(cfg) -> None:
     hydra_task(cfg)
 
 
+def _remove_empty(root) -> None:
+    """Remove `root` if it holds nothing but empty folders."""
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True) + [root]:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or "--help" in argv or "-h" in argv:
@@ -155,13 +164,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     os.environ[runstate.COMMAND_ENV] = shlex.join(["python", "-m", "ntkrepro", *argv])
     sys.argv = [sys.argv[0], *hydra_argv]
+    out_root = runstate.out_root_of(_settings(hydra_argv))
+    new_root = not out_root.exists()
     try:
         task()
         runstate.release_signals()
+    except SystemExit as done:  # bad input found by the run itself: its folder is gone, so is a new out_root
+        if done.code == 2 and new_root:
+            _remove_empty(out_root)
+        raise
     except KeyboardInterrupt as err:  # a stop signal before the run claimed its folder
         sig = runstate.interrupted(err)
         print(f"interrupted by {sig.name}", file=sys.stderr)
-        sys.exit(128 + sig.signum)
+        runstate.exit_interrupted(128 + sig.signum)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -85,7 +86,7 @@ def collect_one(key, parts) -> Path:
     metrics = merge(parts)
     out = Path(os.path.commonpath([p.parent for p, _ in parts])) / f"collected-{secrets.token_hex(3)}"
     folder = runstate.RunFolder(out)
-    folder.claim(figure=key[0], scale=key[1], seed=first.get("seed"), command=" ".join(sys.argv),
+    folder.claim(figure=key[0], scale=key[1], seed=first.get("seed"), command=shlex.join(["python", "-m", "ntkrepro.collect", *sys.argv[1:]]),
                  settings_hash=first["settings_hash"], code_version=first["code_version"],
                  collected_from=[runstate.shown(p) for p, _ in parts], out_root=first.get("out_root"))
     metrics.to_csv(out / "metrics.csv", index=False)

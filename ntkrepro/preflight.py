@@ -81,6 +81,10 @@ def group_choices(overrides: list[str]) -> tuple[str, ...]:
 
 def _figures(overrides) -> list[str]:
     known = figure_ids()
+    given = [o.input_line for o in overrides if o.key_or_group == "figure"]
+    if len(given) > 1:
+        raise ConfigError(f"figure is given twice ({given[0]}, {given[1]}); give one figure=<id>, or several "
+                          "as -m figure=<id>,<id>")
     ids = [str(v) for o in overrides if o.key_or_group == "figure" for v in _values(o)]
     if not ids:
         raise ConfigError(f"no figure given; run python -m ntkrepro figure=<id> scale=<smoke|cpu|paper> "
@@ -99,13 +103,13 @@ def _unknown(name: str, candidates: list[str], where: str = "") -> ConfigError:
 
 
 def _check_top_level(key: str, value) -> None:
-    if key == "seed" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-        raise ConfigError(f"seed must be a non-negative integer, got {value!r}")
+    if key == "seed" and not (_is_int(value) and 0 <= value < 2 ** 32):
+        raise ConfigError(f"seed must be a non-negative integer below 2^32, got {value!r}")
     if key == "x64" and not isinstance(value, bool):
         raise ConfigError(f"x64 must be true or false, got {value!r}")
     if key == "scale" and value not in SCALES:
         raise ConfigError(f"unknown scale '{value}'; use scale=smoke, scale=cpu or scale=paper")
-    if key == "out_root" and not isinstance(value, str):
+    if key == "out_root" and not (isinstance(value, str) and value.strip()):
         raise ConfigError(f"out_root must be a folder path, got {value!r}")
     if key == "data.source" and value not in SOURCES:
         raise ConfigError(f"unknown data source {value!r}; choose one of {', '.join(SOURCES)}")
@@ -151,6 +155,17 @@ def _check_figure_setting(override, figures: list[str], groups: list[tuple[str, 
                 validate_settings(_nest(parts[2:], value), fid, f"figure.{parts[1]}", choice)
 
 
+def launchers() -> list[str]:
+    """The names hydra/launcher= takes: this project's presets (conf/hydra/launcher) and those Hydra and
+    its installed plugins register (basic; submitit_local, submitit_slurm with the cluster extra)."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # imports the installed plugins, which register their launchers
+    names = [n.removesuffix(".yaml") for n in ConfigStore.instance().list("hydra/launcher")]
+    return sorted({*names, *schema.group_options("hydra/launcher")})
+
+
 def _check_launcher(override) -> None:
     """hydra/launcher=<name>: a launcher whose plugin is installed (submitit: the cluster extra)."""
     import importlib.util
@@ -160,6 +175,22 @@ def _check_launcher(override) -> None:
             importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
         raise ConfigError(f"hydra/launcher={names[0]} needs the submitit launcher; install the cluster extra: "
                           "pip install -e '.[cluster]'")
+    for name in names:
+        if name not in launchers():
+            raise ConfigError(f"unknown launcher hydra/launcher={name}; choose one of: {', '.join(launchers())}")
+
+
+def _check_slurm(overrides) -> None:
+    """A sweep submitted to Slurm (hydra/launcher=slurm_gpu or submitit_slurm) needs Slurm's commands."""
+    import shutil
+
+    for o in overrides:
+        slurm = [str(v) for v in _values(o) if "slurm" in str(v)] if o.key_or_group == "hydra/launcher" else []
+        missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+        if slurm and missing:
+            raise ConfigError(f"hydra/launcher={slurm[0]} submits Slurm jobs, but {missing[0]} is not on this "
+                              "machine's PATH; run the command on the cluster's login node, or use "
+                              "hydra/launcher=local to run the jobs here")
 
 
 def _check(override, figures: list[str], groups: list[tuple[str, ...]]) -> None:
@@ -200,6 +231,8 @@ def check(overrides: list[str], multirun: bool) -> list[str]:
     figures, groups = _figures(parsed), _group_choices(parsed)
     for override in parsed:
         _check(override, figures, groups)
+    if multirun:
+        _check_slurm(parsed)
     out = [_rewrite(o) for o in parsed]
     if multirun and not any(o.key_or_group == DIRNAME_KEYS for o in parsed):
         out.append(_dirname_excludes(parsed))
@@ -214,12 +247,20 @@ def check_out_root(overrides: list[str]) -> None:
         runstate.check_can_hold_folders(root)
 
 
-def check_runs(figures: list[str], scale: str, overrides: list[str], out_root: bool = True) -> None:
+def check_runs(figures: list[str], scale: str, overrides: list[str], out_root: bool = True,
+               reserved: dict[str, str] | None = None) -> None:
     """The runs a batch command (`make figures`, `make verify`, `make plan`) will start, checked before
     any starts: a setting that no listed figure accepts (a typo, `seed=-1`) is `ConfigError`, one line;
-    one that only some figures have is left to the runs (the others fail in the batch's table); and
-    (`out_root`) the out_root."""
+    one that only some figures have is left to the runs (the others fail in the batch's table); a
+    setting the command gives each run itself (`reserved`: key -> where to set it, e.g. figure ->
+    FIGURES=...) is `ConfigError`; and (`out_root`) the out_root."""
     parsed = _parse(overrides)
+    reserved = {"figure": "FIGURES='<id> ...'", "scale": "SCALE=<scale>", **(reserved or {})}
+    for override in parsed:
+        if override.key_or_group in reserved:
+            raise ConfigError(f"{override.input_line} among the settings: this command sets "
+                              f"{override.key_or_group} for each run; use {reserved[override.key_or_group]} "
+                              "instead")
     groups = [o.input_line for o in parsed if _is_group(o)]  # a figure setting may live in a chosen group
     for override in parsed:
         context = groups if override.key_or_group.startswith("figure.") else []

@@ -11,6 +11,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from ntkrepro import claims as claims_mod
+from ntkrepro import runstate
 from ntkrepro.errors import NtkreproError, one_line_errors
 from ntkrepro.runner import SETTINGS_FILE, finish, load_experiment
 
@@ -22,6 +23,11 @@ def replot(run_dir: Path) -> list[claims_mod.Claim]:
         if not f.is_file():
             raise NtkreproError(f"{f} not found; give the folder of a finished run "
                                 "(e.g. outputs/<id>/<scale>/latest)")
+    record = runstate.read(run_dir) or {}
+    if record.get("shards") and "shard" in record:
+        raise NtkreproError(f"{run_dir} is part {record['shard']} of a split run of {record['shards']} parts: its "
+                            f"metrics alone are not the figure's; merge the parts first: python -m "
+                            f"ntkrepro.collect {run_dir.parent}")
     cfg = OmegaConf.load(settings)
     return finish(load_experiment(cfg.experiment), pd.read_csv(metrics), cfg, run_dir)
 

@@ -161,13 +161,16 @@ def build(out_root: Path, dest: Path) -> Path:
 @one_line_errors
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m ntkrepro.report", description=__doc__.split("\n")[0])
-    parser.add_argument("--out-root", default=runstate.out_root_of([]), type=Path,
+    parser.add_argument("--out-root", default=None, type=Path,
                         help="where the runs are (default: conf/config.yaml's out_root)")
     parser.add_argument("--dest", default=None, type=Path, help="default: <out-root>/report")
     args = parser.parse_args(argv)
-    dest = args.dest or args.out_root / "report"
-    runstate.check_can_hold_folders(dest, "--dest")
-    path = build(args.out_root, dest)
+    out_root = args.out_root or runstate.out_root_of([])
+    dest = args.dest or out_root / "report"
+    runstate.check_can_hold_folders(dest, "--dest" if args.dest else "--out-root")
+    if args.out_root is not None and not args.out_root.is_dir():
+        parser.error(f"--out-root {args.out_root} is not a folder; give the out_root the runs were written to")
+    path = build(out_root, dest)
     print(f"wrote {runstate.shown(path)} and {runstate.shown(path.with_name('REPORT.md'))}")
     return 0
 

@@ -258,7 +258,7 @@ def run_figure(cfg: DictConfig, out_dir: Path, task_overrides=()) -> list[claims
 
 def hydra_task(cfg: DictConfig) -> None:
     """Body of the Hydra app: one-line errors for bad input (exit 2) and for a stop signal
-    (the folder marked interrupted, exit 128 + signal number)."""
+    (the folder marked interrupted, exit 128 + signal number, `runstate.exit_interrupted`)."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
@@ -273,4 +273,4 @@ def hydra_task(cfg: DictConfig) -> None:
         sig = runstate.interrupted(err)
         print(f"interrupted by {sig.name}; {runstate.shown(out_dir)} marked interrupted", file=sys.stderr,
               flush=True)
-        sys.exit(128 + sig.signum)
+        runstate.exit_interrupted(128 + sig.signum)

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 from datetime import datetime
@@ -74,6 +75,19 @@ def release_signals() -> None:
     signum, _held["pending"] = _held["pending"], None
     if signum is not None:
         raise Interrupted(signum)
+
+
+def exit_interrupted(code: int) -> None:
+    """End a process stopped by a signal with status `code` at once: flush the console and logs, then
+    `os._exit`.  A normal interpreter exit can crash (SIGSEGV, status 139) while XLA's threads are still
+    running the computation the signal interrupted."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(code)
 
 
 def interrupted(err: BaseException) -> Interrupted:

@@ -7,7 +7,7 @@ is the top-level `steps`), except inside a mapping that holds only mappings (a s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from ntkrepro.errors import ConfigError
@@ -58,8 +58,8 @@ KEY_TYPES = {
     "ode_width": Type(("int",), optional=True, positive=True),        # null: the trained widths
     "batch_size": Type(("int",), optional=True, positive=True),       # null: full batch
     "depth": Type(("int",), optional=True, positive=True),            # lee-4: null, the WRN blocks decide
-    "lr": Type(("float", "int"), optional=True, positive=True),      # lee-s5 panes: null, lr_fraction decides
-    "lr_fraction": Type(("float", "int"), optional=True, positive=True),  # lee-s5: null, a fixed lr
+    "lr": Type(("float", "int"), optional=True),           # lee-s5 panes: null, lr_fraction decides
+    "lr_fraction": Type(("float", "int"), optional=True),  # lee-s5: null, a fixed lr
 }
 
 
@@ -80,7 +80,8 @@ def _positive_int(values) -> bool:
 def infer(key: str, value):
     """The type of `key` from its paper value: a `Type`, or a dict of types for a mapping."""
     if isinstance(value, dict):
-        return {str(k): infer(str(k), v) for k, v in value.items()}
+        tree = {str(k): infer(str(k), v) for k, v in value.items()}
+        return _siblings_nullable(tree) if tree and all(isinstance(v, dict) for v in tree.values()) else tree
     if value is None:
         return KEY_TYPES.get(key, UNDECLARED)
     if not isinstance(value, list):
@@ -89,6 +90,14 @@ def infer(key: str, value):
     if set(kinds) == {"int", "float"}:
         kinds = ("float",)
     return Type(kinds, is_list=True, positive=_positive_int(value))
+
+
+def _siblings_nullable(panels: dict) -> dict:
+    """In a set of named panels, a key that is null in one panel may be null in every panel (lee-s5's
+    panes set either `lr` or `lr_fraction`, the other null): its types there become optional."""
+    nullable = {k for panel in panels.values() for k, t in panel.items() if isinstance(t, Type) and t.optional}
+    return {name: {k: replace(t, optional=True) if k in nullable and isinstance(t, Type) else t
+                   for k, t in panel.items()} for name, panel in panels.items()}
 
 
 def lookup(tree: dict, parts) -> Type | dict | None:

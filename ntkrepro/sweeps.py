@@ -3,9 +3,11 @@
 `python -m ntkrepro -m figure=<id> scale=<scale> shards=<n> 'shard=range(<n>)' [hydra/launcher=slurm_gpu]`
 writes its parts to `<out_root>/shards/<id>/<scale>/<key>/shard=<k>/`, where <key> is a
 hash of the settings given on the command line and of the code version: the same command finds the
-same folder.  Before launching, the parts already finished there are left out of the sweep (if all
-are, nothing is launched and the collect command is printed), and a part that was interrupted or
-killed resumes from its checkpoints in its own folder.
+same folder.  Before launching, the settings are checked (`shards` no more than the figure's sweep
+points, no other setting swept: one split run per value), the parts already finished there and
+those still running are left out of the sweep (if all are, nothing is launched and the collect
+command is printed), and a part that was interrupted or killed resumes from its checkpoints in its
+own folder.
 """
 from __future__ import annotations
 
@@ -37,6 +39,11 @@ def folder(parsed, out_root: str) -> Path:
     figures, scales = _value(parsed, "figure"), _value(parsed, "scale") or [_default("scale")]
     if len(figures) != 1 or len(scales) != 1:
         raise ConfigError("a split run (shards > 1) takes one figure and one scale; run each separately")
+    swept = [o.input_line for o in parsed if o.is_sweep_override() and not o.is_hydra_override()
+             and o.key_or_group not in _NOT_IN_KEY]
+    if swept:  # the parts of every value would share one folder
+        raise ConfigError(f"a split run (shards > 1) sweeps only shard, but {swept[0]} sweeps several values; "
+                          "start one split run per value")
     settings = sorted(o.input_line for o in parsed
                       if not o.is_hydra_override() and o.key_or_group not in _NOT_IN_KEY)
     key = hashlib.sha256(("\n".join(settings) + manifest.code_version()).encode()).hexdigest()[:12]
@@ -51,14 +58,35 @@ def finished_shards(sweep: Path) -> set[int]:
     return {int(r["shard"]) for _, r in runstate.find(sweep) if r.get("shards") and r["state"] == "finished"}
 
 
+def running_shards(sweep: Path) -> dict[int, dict]:
+    """The parts marked running whose process is alive (or on another host, where it cannot be told)."""
+    return {int(r["shard"]): r for _, r in runstate.find(sweep) if r.get("shards") and r["state"] == "running"}
+
+
+def _check_points(parsed, n: int) -> None:
+    """`ConfigError` (before anything is launched or written) when the figure cannot be split into
+    `n` parts: its experiment module has no sweep points, or fewer than `n` at these settings."""
+    from ntkrepro import plan, preflight, split
+
+    figure, scale = _value(parsed, "figure")[0], (_value(parsed, "scale") or [_default("scale")])[0]
+    rest = [o.input_line for o in parsed if not o.is_hydra_override()
+            and o.key_or_group not in ("figure", "scale", *_NOT_IN_KEY)]
+    checked = preflight.check([f"figure={figure}", f"scale={scale}", *rest], multirun=False)
+    _, run_cfg, module = plan.compose(str(figure), str(scale), checked)
+    split.select(split.points(module, run_cfg), n, 0, run_cfg.id)
+
+
 def prepare(overrides: list[str], multirun: bool) -> list[str]:
-    """The overrides for Hydra: for a split run the fixed folder and the unfinished shards only
-    (`NothingToDo` when none is left); other runs unchanged."""
-    from ntkrepro.preflight import _parse
+    """The overrides for Hydra: for a split run the fixed folder and the parts neither finished nor
+    running (`NothingToDo` when none is left); other runs unchanged."""
+    from ntkrepro.preflight import _check_top_level, _parse
 
     parsed = _parse(overrides)
+    for key in ("shards", "shard"):  # checked before they are used
+        for value in _value(parsed, key) or []:
+            _check_top_level(key, value)
     shards = _value(parsed, "shards")
-    if not shards or len(shards) != 1 or int(shards[0]) <= 1:
+    if not shards or len(shards) != 1 or shards[0] <= 1:
         return overrides
     n = int(shards[0])
     out_root = (_value(parsed, "out_root") or [_default("out_root")])[0]
@@ -67,11 +95,22 @@ def prepare(overrides: list[str], multirun: bool) -> list[str]:
     bad = [k for k in wanted if not 0 <= k < n]
     if bad:
         raise ConfigError(f"shard must be in [0, {n}) (one of 0..{n - 1}), got {bad[0]}")
-    done = finished_shards(sweep)
-    todo = [k for k in wanted if k not in done]
+    _check_points(parsed, n)
+    done, running = finished_shards(sweep), running_shards(sweep)
+    busy = [k for k in wanted if k in running and k not in done]
+    for k in busy:
+        r = running[k]
+        print(f"shard={k} is still running (host {r.get('host')}, pid {r.get('pid')}, since {r.get('started')}): "
+              f"left out; if that process is gone (a crashed node), delete "
+              f"{runstate.shown(sweep / f'shard={k}' / runstate.RUN_FILE)} and run this command again", flush=True)
+    todo = [k for k in wanted if k not in done and k not in busy]
     if not todo:
-        raise NothingToDo(f"all {len(wanted)} requested parts have finished in {runstate.shown(sweep)}; "
-                          f"merge them: python -m ntkrepro.collect {runstate.shown(sweep)}")
+        where = runstate.shown(sweep)
+        if busy:
+            raise NothingToDo(f"the other requested parts have finished in {where}; when the running ones "
+                              f"have too: python -m ntkrepro.collect {where}")
+        raise NothingToDo(f"all {len(wanted)} requested parts have finished in {where}; "
+                          f"merge them: python -m ntkrepro.collect {where}")
     kept = [o.input_line for o in parsed if o.key_or_group != "shard"]
     shard = f"shard={','.join(map(str, todo))}"
     if multirun:

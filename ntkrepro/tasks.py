@@ -207,7 +207,7 @@ def _gaussian(cfg: dict, data_cfg: dict, seed: int, name: str) -> Task:
     n_tr, n_te, dim = (int(_get(cfg, k, 0)) for k in ("n_train", "n_test", "dim"))
     if n_tr < 1 or dim < 1 or n_te < 0:
         raise ConfigError(f"a gaussian task needs n_train >= 1, dim >= 1 and n_test >= 0, got "
-                          f"{n_tr}, {dim}, {n_te}; fix task.n_train / task.dim")
+                          f"{n_tr}, {dim}, {n_te}; fix figure.paper.task.n_train / dim / n_test")
     x = data.gaussian_inputs(n_tr + n_te, dim, seed=seed)
     target = _get(cfg, "target", "none")
     y = synthetic_targets(x, target)

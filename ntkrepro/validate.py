@@ -42,13 +42,19 @@ def _choices(key: str):
 
 def _check_range(name: str, key: str, value, spec) -> None:
     positive_int = spec.positive if isinstance(spec, schema.Type) else key in _POSITIVE_INT
+    if positive_int and isinstance(value, Sequence) and not isinstance(value, str) and not value:
+        raise ConfigError(f"{name} must be a non-empty list of positive integers, got []")
     for v in _values(value):
         if v is None:
             continue
         if positive_int and not (_is_int(v) and v >= 1):
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if key.startswith("n_") and _is_int(v) and v < 0:  # a count (n_test, n_show_outputs, ...)
+            raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
         if (key in _LEARNING_RATES or key.endswith("_lr")) and not (_is_number(v) and v > 0):
             raise ConfigError(f"{name} (learning rate) must be positive, got {v!r}")
+        if key == "lr_fraction" and not (_is_number(v) and 0 < v < 1):
+            raise ConfigError(f"{name} (a fraction of the largest stable learning rate) must be in (0, 1), got {v!r}")
         if key == "w_var" and not (_is_number(v) and v > 0):
             raise ConfigError(f"{name} (weight variance) must be positive, got {v!r}")
         if key == "b_var" and not (_is_number(v) and v >= 0):

@@ -18,8 +18,8 @@ STRICT = [
     ([], "no figure given"),
     (["scale=smoke"], "no figure given"),
     (["figure=lee-s9", "figure.paper.w_var=abc"], "figure.paper.w_var must be a float, got 'abc'"),
-    (["figure=lee-s9", "seed=abc"], "seed must be a non-negative integer, got 'abc'"),
-    (["figure=lee-s9", "seed=-1"], "seed must be a non-negative integer, got -1"),
+    (["figure=lee-s9", "seed=abc"], "seed must be a non-negative integer below 2^32, got 'abc'"),
+    (["figure=lee-s9", "seed=-1"], "seed must be a non-negative integer below 2^32, got -1"),
     (["figure=lee-s9", "x64=maybe"], "x64 must be true or false, got 'maybe'"),
     (["figure=lee-s9", "x64=1"], "x64 must be true or false, got 1"),
     (["figure=lee-s9", "figure.paper.widthz=[8,16]"],
@@ -47,8 +47,8 @@ STRICT = [
     (["figure=lee-s9", "figure.paper.evaluate_claims=maybe"], "must be true or false, got 'maybe'"),
     (["figure=lee-s9", "data.source=s3"], "unknown data source 's3'"),
     (["figure=lee-s9", "seed=0,1"], "add -m (--multirun)"),
-    (["-m", "figure=lee-s9,lee-s10", "seed=0,-1"], "seed must be a non-negative integer, got -1"),
-    (["-m", "figure=lee-s9", "seed=range(-2,1)"], "seed must be a non-negative integer, got -2"),
+    (["-m", "figure=lee-s9,lee-s10", "seed=0,-1"], "seed must be a non-negative integer below 2^32, got -1"),
+    (["-m", "figure=lee-s9", "seed=range(-2,1)"], "seed must be a non-negative integer below 2^32, got -2"),
     (["-m", "figure=lee-s9", "figure.paper.w_var=choice(1.0,abc)"], "figure.paper.w_var must be a float"),
     (["-m", "figure=lee-s9,liu-2", "figure.paper.mc_samples=[1]"],
      "unknown setting figure.paper.mc_samples for figure liu-2"),
@@ -56,6 +56,13 @@ STRICT = [
     (["figure=lee-s9", "task@figure.paper.task=mnist", "figure.paper.task.n_train=0"],
      "figure.paper.task.n_train must be a positive integer, got 0"),
     (["figure=lee-s9", "figure.paper.widths=[8,16"], "cannot read 'figure.paper.widths=[8,16'"),
+    (["figure=lee-s9", "seed=4294967296"], "seed must be a non-negative integer below 2^32, got 4294967296"),
+    (["figure=lee-s9", "out_root="], "out_root must be a folder path, got ''"),
+    (["figure=lee-s9", "figure.paper.widths=[]"], "figure.paper.widths must be a non-empty list of positive"),
+    (["figure=lee-s10", "figure=lee-s9"], "figure is given twice (figure=lee-s10, figure=lee-s9)"),
+    (["figure=jacot-1", "figure.paper.task.n_test=-1"], "figure.paper.task.n_test must be a non-negative integer"),
+    (["figure=lee-s5", "figure.paper.panes.fc.lr_fraction=1.5"], "figure.paper.panes.fc.lr_fraction (a fraction"),
+    (["figure=lee-s5", "figure.paper.panes.data.lr=-1"], "figure.paper.panes.data.lr (learning rate) must be positive"),
 ]
 
 
@@ -169,7 +176,7 @@ OTHER_COMMANDS = [
      "unknown setting figure.cpu.widthz for figure jacot-1"),
     (lambda o, f: ["figures", "FIGURES=nonexist", f"ARGS=out_root={o}"], "argument --figures: unknown figure"),
     (lambda o, f: ["figures", "FIGURES=jacot-1 lee-s9", f"ARGS=out_root={o} seed=-1"],
-     "seed must be a non-negative integer, got -1"),
+     "seed must be a non-negative integer below 2^32, got -1"),
     (lambda o, f: ["figures", "FIGURES=jacot-1", f"ARGS=out_root={f}/runs"],
      "cannot hold output folders: {f} is a file"),
     (lambda o, f: ["plan", "FIGURES=nonexist"], "argument --figures: unknown figure 'nonexist'"),
@@ -178,6 +185,11 @@ OTHER_COMMANDS = [
     (lambda o, f: ["report", f"ARGS=--out-root={o} --dest={f}/report"], "--dest="),
     (lambda o, f: ["runs", f"ARGS=--out-root={o} --figure=nonexist"], "argument --figure: unknown figure"),
     (lambda o, f: ["collect"], "the following arguments are required: folders"),
+    (lambda o, f: ["figures", "FIGURES=lee-s10", f"ARGS=out_root={o} figure=lee-s9"],
+     "figure=lee-s9 among the settings: this command sets figure for each run; use FIGURES="),
+    (lambda o, f: ["verify", "SEEDS=1", "FIGURES=lee-s10", f"ARGS=out_root={o} seed=5"],
+     "seed=5 among the settings: this command sets seed for each run; use SEEDS="),
+    (lambda o, f: ["report", f"ARGS=--out-root={o}"], "is not a folder; give the out_root the runs were written to"),
 ]
 
 
@@ -196,6 +208,7 @@ def test_other_commands_reject_bad_input_in_one_line(tmp_path, argv, message):
 @pytest.mark.parametrize("module,args,message", [
     ("ntkrepro.bench", ["--cases", "99"], "--cases must list numbers among"),
     ("ntkrepro.bench", ["--quick", "--cases", "3", "--out", "{f}"], "--out={f} cannot hold"),
+    ("ntkrepro.bench", ["--timeout-s", "-1"], "--timeout-s must be positive, got -1.0"),
     ("ntkrepro.replot", [], "give one run folder"),
     ("ntkrepro.replot", ["{f}"], "{f}/settings.yaml not found")])
 def test_python_m_commands_reject_bad_input_in_one_line(tmp_path, module, args, message):
@@ -227,3 +240,13 @@ def test_make_bench_writes_the_side_by_side_table(tmp_path):
     table = pd.read_csv(run / "bench.csv")
     assert set(table.side) == {"ours", "nt"} and (table.best_s > 0).all()
     assert (table.rel_diff_norm < 1e-6).all() and "| 3 |" in (run / "bench.md").read_text()
+
+
+def test_a_pane_switches_between_a_fixed_and_a_relative_learning_rate():
+    # lee-s5's panes set either lr or lr_fraction, the other null: both ways are accepted by the checks
+    from ntkrepro import preflight
+
+    for pane, fixed in (("fc", True), ("data", False)):
+        lr, frac = ("0.5", "null") if fixed else ("null", "0.25")
+        preflight.check(["figure=lee-s5", f"figure.paper.panes.{pane}.lr={lr}",
+                         f"figure.paper.panes.{pane}.lr_fraction={frac}"], multirun=False)

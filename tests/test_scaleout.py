@@ -76,6 +76,10 @@ def test_split_through_the_command_line_and_collect(tmp_path):
     assert collected.parent == sweep and f"python -m ntkrepro.collect {sweep}" in res.stdout
     assert compare(_sorted(_metrics(unsplit)), _sorted(_metrics(collected)), rtol=1e-6, atol=1e-9) == []
     assert json.loads((collected / "claims.json").read_text()) and (collected / "lee-s10.png").is_file()
+    assert runstate.read(collected)["command"] == f"python -m ntkrepro.collect {sweep}"
+    # one part alone is not the figure: replot says so instead of drawing half of it
+    _one_line_error(cli(str(sweep / "shard=0"), out_root=tmp_path, module="ntkrepro.replot"),
+                    "is part 0 of a split run of 2 parts")
 
 
 def test_two_job_split_through_submitit_local_and_collect(tmp_path):
@@ -150,13 +154,48 @@ BAD = [
     (["figure=lee-s10", "plan=maybe"], "plan must be true or false"),
     (["figure=lee-s10", "mutation=nonsense"], "unknown mutation 'nonsense'"),
     (["figure=lee-s10", "device=cuda"], "unknown device 'cuda'; use device=auto"),
+    (["figure=lee-s10", "shards=abc"], "shards must be a positive integer, got 'abc'"),
+    (["figure=lee-s10", "shards=2", "shard=abc"], "shard must be a non-negative integer below shards, got 'abc'"),
+    (["-m", "figure=lee-s10", "shards=99", "shard=range(99)"], "fewer than shards=99"),
+    (["-m", "figure=lee-s10", "shards=2", "shard=range(2)", "seed=0,1"],
+     "a split run (shards > 1) sweeps only shard, but seed=0,1 sweeps several values"),
+    (["-m", "figure=lee-s10", "shards=2", "shard=range(2)", "hydra/launcher=nope"],
+     "unknown launcher hydra/launcher=nope; choose one of: basic, local, slurm_gpu"),
 ]
 
 
 @pytest.mark.parametrize("args,fragment", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_scale_out_input_is_one_line(tmp_path, args, fragment):
     _one_line_error(cli(*args, "scale=smoke", out_root=tmp_path), fragment)
-    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not list(tmp_path.rglob("*"))  # nothing written: no run folder, no sweep folder
+
+
+@pytest.mark.skipif(bool(__import__("shutil").which("sbatch")), reason="this machine has Slurm")
+def test_the_slurm_launcher_without_slurm_is_one_line(tmp_path):
+    # a split run submitted from a laptop: one line naming the fix, not submitit's traceback
+    res = make("figure-lee-s10", "SCALE=smoke", "SHARDS=2", "LAUNCHER=slurm_gpu", f"ARGS=out_root={tmp_path}")
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("make")]
+    assert res.returncode != 0 and len(lines) == 1, res.stderr[-2000:]
+    assert lines[0].startswith("error: hydra/launcher=slurm_gpu submits Slurm jobs, but sbatch is not"), lines[0]
+    assert not list(tmp_path.rglob("*"))
+
+
+def test_a_part_still_running_is_left_out_not_launched_again(tmp_path):
+    # the cluster workflow's "submit again" while a job still runs: the others run, that one is named
+    args = ("-m", "figure=lee-s10", "scale=smoke", "shards=2", "shard=range(2)")
+    from ntkrepro import sweeps
+    from ntkrepro.preflight import _parse
+
+    sweep = sweeps.folder(_parse(list(args[1:]) + [f"out_root={tmp_path}"]), str(tmp_path))
+    busy = runstate.RunFolder(sweep / "shard=0")
+    busy.claim(figure="lee-s10", scale="smoke", shards=2, shard=0)  # this (live) process holds part 0
+    res = cli(*args, out_root=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "shard=0 is still running" in res.stdout and "left out" in res.stdout
+    assert runstate.read(sweep / "shard=1")["state"] == "finished"
+    assert runstate.read(sweep / "shard=0")["pid"] == os.getpid()  # not taken over
+    again = cli(*args, out_root=tmp_path)
+    assert again.returncode == 0 and "the other requested parts have finished" in again.stdout, again.stdout
 
 
 def test_a_launcher_that_is_not_installed_names_the_extra(monkeypatch):

@@ -50,6 +50,9 @@ def parse_args(argv=None):
         args.reps = 1 if args.quick else 3
     if args.reps < 1:
         p.error("--reps must be >= 1")
+    for flag in ("budget_s", "timeout_s", "deadline_min"):
+        if not getattr(args, flag) > 0:
+            p.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     return args
 
 
@@ -135,6 +138,9 @@ def main(argv=None) -> int:
     print()
     print(report.markdown_table(rows))
     print(f"\n[bench] wrote {out_dir / 'bench.csv'} and {out_dir / 'bench.md'}")
+    if not any("best_s" in m for r in results for m in r.get("impls", [])):
+        print("error: no case was timed (every worker failed; see bench.md)", file=sys.stderr)
+        return 1
     return 0
 
 
