@@ -12,6 +12,7 @@ import secrets
 import shlex
 import sys
 from functools import lru_cache
+from pathlib import Path
 
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)  # "Unable to initialize backend 'tpu'"
 logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint save at INFO
@@ -101,7 +102,7 @@ def _preflight(argv: list[str]) -> list[str]:
     if any(getattr(args, flag) for flag in _PASS_THROUGH):
         return argv
     overrides = sweeps.prepare(args.overrides, args.multirun)
-    checked = preflight.check(overrides, args.multirun)
+    checked = preflight.check(overrides, args.multirun, launching=not args.cfg)
     flags = [a for a in argv if a not in args.overrides]
     return flags + checked
 
@@ -135,9 +136,22 @@ def task(cfg) -> None:
     hydra_task(cfg)
 
 
-def _remove_empty(root) -> None:
-    """Remove `root` if it holds nothing but empty folders."""
-    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True) + [root]:
+def _new_folder(path) -> Path | None:
+    """The highest folder of `path` that does not exist yet (None when `path` exists)."""
+    top = Path(path).absolute()
+    if top.exists():
+        return None
+    while not top.parent.exists():
+        top = top.parent
+    return top
+
+
+def _remove_empty(top: Path) -> None:
+    """Remove the folder `top` (made by this run) if it holds nothing but empty folders."""
+    inside = list(top.rglob("*"))
+    if any(p.is_symlink() or not p.is_dir() for p in inside):
+        return
+    for path in sorted(inside, key=lambda p: len(p.parts), reverse=True) + [top]:
         try:
             path.rmdir()
         except OSError:
@@ -164,14 +178,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     os.environ[runstate.COMMAND_ENV] = shlex.join(["python", "-m", "ntkrepro", *argv])
     sys.argv = [sys.argv[0], *hydra_argv]
-    out_root = runstate.out_root_of(_settings(hydra_argv))
-    new_root = not out_root.exists()
+    new_root = _new_folder(runstate.out_root_of(_settings(hydra_argv)))
     try:
         task()
         runstate.release_signals()
     except SystemExit as done:  # bad input found by the run itself: its folder is gone, so is a new out_root
-        if done.code == 2 and new_root:
-            _remove_empty(out_root)
+        if done.code == 2 and new_root is not None:
+            _remove_empty(new_root)
         raise
     except KeyboardInterrupt as err:  # a stop signal before the run claimed its folder
         sig = runstate.interrupted(err)

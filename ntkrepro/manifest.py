@@ -44,18 +44,21 @@ def _version(pkg: str) -> str | None:
 
 REPO = Path(__file__).resolve().parent.parent
 CODE_PATHS = ("ntkrepro", "experiments", "conf", "pyproject.toml")  # what a run's results depend on
+# ... but not the measured run times `--help` shows (rewritten by `python -m ntkrepro.runs --timings`):
+# refreshing them must not move a split run to a new sweep folder or void verify's finished runs
+_PATHSPEC = (*CODE_PATHS, ":(exclude)conf/timings.yaml")
 
 
 def code_version() -> str:
-    """A hash of the code and configs a run's results depend on (`CODE_PATHS`) as they are in the
+    """A hash of the code and configs a run's results depend on (`CODE_PATHS` but conf/timings.yaml) as they are in the
     working tree, committed or not: two runs with the same version ran the same code, and a commit
     that changes only, say, the README keeps the version."""
     import hashlib
 
     h = hashlib.sha256()
-    for args in (("ls-files", "-s", "--", *CODE_PATHS), ("diff", "HEAD", "--", *CODE_PATHS)):
+    for args in (("ls-files", "-s", "--", *_PATHSPEC), ("diff", "HEAD", "--", *_PATHSPEC)):
         h.update((_git(REPO, *args) or "").encode())
-    untracked = (_git(REPO, "ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS) or "").split()
+    untracked = (_git(REPO, "ls-files", "--others", "--exclude-standard", "--", *_PATHSPEC) or "").split()
     if untracked:
         h.update((_git(REPO, "hash-object", "--", *untracked) or "").encode())
     return h.hexdigest()[:16]

@@ -166,8 +166,9 @@ def launchers() -> list[str]:
     return sorted({*names, *schema.group_options("hydra/launcher")})
 
 
-def _check_launcher(override) -> None:
-    """hydra/launcher=<name>: a launcher whose plugin is installed (submitit: the cluster extra)."""
+def _check_launcher(override, searchpath: bool = False) -> None:
+    """hydra/launcher=<name>: a launcher whose plugin is installed (submitit: the cluster extra) and,
+    unless `hydra.searchpath` adds config folders of its own (`searchpath`), one that exists."""
     import importlib.util
 
     names = [str(v) for v in _values(override)]
@@ -176,27 +177,26 @@ def _check_launcher(override) -> None:
         raise ConfigError(f"hydra/launcher={names[0]} needs the submitit launcher; install the cluster extra: "
                           "pip install -e '.[cluster]'")
     for name in names:
-        if name not in launchers():
+        if name not in launchers() and not searchpath:
             raise ConfigError(f"unknown launcher hydra/launcher={name}; choose one of: {', '.join(launchers())}")
 
 
 def _check_slurm(overrides) -> None:
-    """A sweep submitted to Slurm (hydra/launcher=slurm_gpu or submitit_slurm) needs Slurm's commands."""
+    """A sweep submitted to Slurm (hydra/launcher=slurm_gpu or submitit_slurm) needs its `sbatch`."""
     import shutil
 
     for o in overrides:
         slurm = [str(v) for v in _values(o) if "slurm" in str(v)] if o.key_or_group == "hydra/launcher" else []
-        missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
-        if slurm and missing:
-            raise ConfigError(f"hydra/launcher={slurm[0]} submits Slurm jobs, but {missing[0]} is not on this "
+        if slurm and shutil.which("sbatch") is None:
+            raise ConfigError(f"hydra/launcher={slurm[0]} submits Slurm jobs, but sbatch is not on this "
                               "machine's PATH; run the command on the cluster's login node, or use "
                               "hydra/launcher=local to run the jobs here")
 
 
-def _check(override, figures: list[str], groups: list[tuple[str, ...]]) -> None:
+def _check(override, figures: list[str], groups: list[tuple[str, ...]], searchpath: bool = False) -> None:
     key = override.key_or_group
     if key == "hydra/launcher":
-        _check_launcher(override)
+        _check_launcher(override, searchpath)
     if key == "figure" or override.is_hydra_override() or _is_group(override):
         return
     if key.startswith("figure."):
@@ -221,17 +221,19 @@ def _dirname_excludes(overrides) -> str:
     return f"{DIRNAME_KEYS}=[{','.join(repr(k) for k in dict.fromkeys(keys))}]"
 
 
-def check(overrides: list[str], multirun: bool) -> list[str]:
-    """The overrides to hand to Hydra, or `ConfigError` with one line saying what is wrong."""
+def check(overrides: list[str], multirun: bool, launching: bool = True) -> list[str]:
+    """The overrides to hand to Hydra, or `ConfigError` with one line saying what is wrong (`launching`:
+    false when Hydra only prints the config, `--cfg`: no Slurm needed)."""
     parsed = _parse(overrides)
     for override in parsed:
         if override.is_sweep_override() and not multirun:
             raise ConfigError(f"{override.input_line} sweeps several values; add -m (--multirun) to run "
                               "one job per value, or write a list as [a,b]")
     figures, groups = _figures(parsed), _group_choices(parsed)
+    searchpath = any(o.key_or_group.startswith("hydra.searchpath") for o in parsed)
     for override in parsed:
-        _check(override, figures, groups)
-    if multirun:
+        _check(override, figures, groups, searchpath)
+    if multirun and launching:
         _check_slurm(parsed)
     out = [_rewrite(o) for o in parsed]
     if multirun and not any(o.key_or_group == DIRNAME_KEYS for o in parsed):

@@ -31,7 +31,7 @@ def figure_list(text: str) -> list[str]:
 def seed_list(text: str) -> list[int]:
     """A `--seeds` value: comma-separated non-negative integers, at least one."""
     parts = [s.strip() for s in text.split(",") if s.strip()]
-    if not parts or not all(s.isascii() and s.isdigit() for s in parts):
-        raise argparse.ArgumentTypeError(f"seeds must be comma-separated non-negative integers, e.g. 1,2,3; "
-                                         f"got {text!r}")
+    if not parts or not all(s.isascii() and s.isdigit() and int(s) < 2 ** 32 for s in parts):
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated non-negative integers below 2^32, "
+                                         f"e.g. 1,2,3; got {text!r}")
     return [int(s) for s in parts]

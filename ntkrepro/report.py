@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out_root = args.out_root or runstate.out_root_of([])
     dest = args.dest or out_root / "report"
-    runstate.check_can_hold_folders(dest, "--dest" if args.dest else "--out-root")
+    runstate.check_can_hold_folders(*((dest, "--dest") if args.dest else (out_root, "--out-root")))
     if args.out_root is not None and not args.out_root.is_dir():
         parser.error(f"--out-root {args.out_root} is not a folder; give the out_root the runs were written to")
     path = build(out_root, dest)

@@ -40,7 +40,7 @@ def folder(parsed, out_root: str) -> Path:
     if len(figures) != 1 or len(scales) != 1:
         raise ConfigError("a split run (shards > 1) takes one figure and one scale; run each separately")
     swept = [o.input_line for o in parsed if o.is_sweep_override() and not o.is_hydra_override()
-             and o.key_or_group not in _NOT_IN_KEY]
+             and o.key_or_group != "shard"]
     if swept:  # the parts of every value would share one folder
         raise ConfigError(f"a split run (shards > 1) sweeps only shard, but {swept[0]} sweeps several values; "
                           "start one split run per value")
@@ -107,8 +107,9 @@ def prepare(overrides: list[str], multirun: bool) -> list[str]:
     if not todo:
         where = runstate.shown(sweep)
         if busy:
-            raise NothingToDo(f"the other requested parts have finished in {where}; when the running ones "
-                              f"have too: python -m ntkrepro.collect {where}")
+            raise NothingToDo(f"nothing launched: of the {len(wanted)} requested parts {len(wanted) - len(busy)} "
+                              f"have finished and {len(busy)} are still running in {where}; when every part "
+                              f"has finished: python -m ntkrepro.collect {where}")
         raise NothingToDo(f"all {len(wanted)} requested parts have finished in {where}; "
                           f"merge them: python -m ntkrepro.collect {where}")
     kept = [o.input_line for o in parsed if o.key_or_group != "shard"]

@@ -169,7 +169,7 @@ def _blocker(tmp_path):
 
 OTHER_COMMANDS = [
     (lambda o, f: ["verify", "SEEDS=abc", "FIGURES=jacot-1", f"ARGS=out_root={o}"],
-     "argument --seeds: seeds must be comma-separated non-negative integers"),
+     "argument --seeds: seeds must be comma-separated non-negative integers below 2^32"),
     (lambda o, f: ["verify", "SEEDS=1", "FIGURES=jacot-1 nonexist", f"ARGS=out_root={o}"],
      "argument --figures: unknown figure 'nonexist'"),
     (lambda o, f: ["verify", "SEEDS=1", "FIGURES=jacot-1", f"ARGS=out_root={o} figure.cpu.widthz=3"],
@@ -250,3 +250,14 @@ def test_a_pane_switches_between_a_fixed_and_a_relative_learning_rate():
         lr, frac = ("0.5", "null") if fixed else ("null", "0.25")
         preflight.check(["figure=lee-s5", f"figure.paper.panes.{pane}.lr={lr}",
                          f"figure.paper.panes.{pane}.lr_fraction={frac}"], multirun=False)
+
+
+def test_bench_fails_when_no_case_was_timed(tmp_path, monkeypatch, capsys):
+    # every worker failed (timed out, crashed): the tables are written, and the exit status says so
+    from ntkrepro.bench import __main__ as bench
+
+    monkeypatch.setattr(bench, "_worker", lambda argv, timeout, env=None: {"id": argv[1], "error": "timed out"})
+    assert bench.main(["--quick", "--cases", "1", "--no-memory", "--out", str(tmp_path)]) == 1
+    assert "error: no case was timed" in capsys.readouterr().err
+    assert list(tmp_path.glob("*/bench.md"))
+

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from helpers import cli, make, run_files, run_record, start
+from helpers import REPO, cli, make, run_files, run_record, start
 from ntkrepro import runner, runs, runstate, timings
 from ntkrepro.errors import DataError
 from ntkrepro.registry import CONF_DIR, figure_ids
@@ -44,6 +44,47 @@ def test_make_figures_goes_on_past_a_failure_and_ends_with_a_table(tmp_path):
     assert re.match(r"lee-s10\s+finished\s+0/0 \(4 not evaluated\)\s+\S+ (s|min)$", table[3]), table
     assert "unknown setting figure.smoke.n_show for figure liu-2" in res.stderr
     assert run_record(tmp_path / "lee-s10" / "smoke" / "latest")["state"] == "finished"
+
+
+def test_make_figures_fails_on_a_figure_that_ran_no_run(tmp_path):
+    # plan=true prints a plan and exits 0 without a run: the batch must not call that figure done
+    res = make("figures", "SCALE=smoke", "FIGURES=lee-s10", f"ARGS=out_root={tmp_path} plan=true")
+    assert res.returncode != 0 and "figures] Error 1" in res.stderr, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "0 of 1 finished" in res.stdout and "error (exit 0)" in res.stdout
+
+
+def test_make_verify_runs_at_cpu_scale_unless_told(tmp_path):
+    # as python -m ntkrepro.verify: smoke evaluates no claims, so it is never the silent default
+    assert "--scale cpu " in make("-n", "verify").stdout
+    assert "--scale smoke " in make("-n", "verify", "SCALE=smoke").stdout
+
+
+def test_a_stop_signal_ends_the_process_without_the_interpreters_shutdown(monkeypatch, capsys):
+    # a normal exit (sys.exit) ran the interpreter's shutdown while XLA threads still computed and
+    # crashed with SIGSEGV (exit 139) in 3 of 14 trials; the console is flushed first
+    exits = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    print("interrupted by SIGTERM", flush=False)
+    runstate.exit_interrupted(143)
+    assert exits == [143] and "interrupted by SIGTERM" in capsys.readouterr().out
+    source = (REPO / "ntkrepro" / "runner.py").read_text() + (REPO / "ntkrepro" / "cli.py").read_text()
+    assert "sys.exit(128 + sig.signum)" not in source and source.count("runstate.exit_interrupted(128 + sig.signum)") == 2
+
+
+def test_a_late_error_leaves_no_new_out_root(tmp_path):
+    # found by the run (its data), after Hydra made the run folder under a new out_root: all of it goes
+    res = cli("figure=lee-s9", "task@figure.paper.task=mnist", "data.source=npz", "data.root=/nonexistent/dir",
+              out_root=tmp_path / "new" / "root")
+    assert res.returncode == 2 and "does not exist" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_timings_do_not_change_the_code_version():
+    # `runs --timings` rewrites conf/timings.yaml: a split run keeps its folder, verify its finished runs
+    from ntkrepro import manifest
+
+    listed = manifest._git(manifest.REPO, "ls-files", "--", *manifest._PATHSPEC) or ""
+    assert "conf/config.yaml" in listed and "conf/timings.yaml" not in listed
 
 
 def test_sweep_over_figures_and_seeds(tmp_path):

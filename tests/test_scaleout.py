@@ -195,7 +195,7 @@ def test_a_part_still_running_is_left_out_not_launched_again(tmp_path):
     assert runstate.read(sweep / "shard=1")["state"] == "finished"
     assert runstate.read(sweep / "shard=0")["pid"] == os.getpid()  # not taken over
     again = cli(*args, out_root=tmp_path)
-    assert again.returncode == 0 and "the other requested parts have finished" in again.stdout, again.stdout
+    assert again.returncode == 0 and "1 have finished and 1 are still running" in again.stdout, again.stdout
 
 
 def test_a_launcher_that_is_not_installed_names_the_extra(monkeypatch):

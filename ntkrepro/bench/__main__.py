@@ -50,9 +50,11 @@ def parse_args(argv=None):
         args.reps = 1 if args.quick else 3
     if args.reps < 1:
         p.error("--reps must be >= 1")
-    for flag in ("budget_s", "timeout_s", "deadline_min"):
+    for flag in ("budget_s", "timeout_s"):
         if not getattr(args, flag) > 0:
             p.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if not args.deadline_min >= 0:
+        p.error(f"--deadline-min must be >= 0, got {args.deadline_min}")
     return args
 
 
