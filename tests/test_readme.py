@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from helpers import ENV, REPO, run_record
@@ -61,3 +62,30 @@ def test_readme_command_works_as_written(tmp_path, line):
     elif "figure=" in line or line.startswith("make"):
         records = [run_record(p.parent) for p in tmp_path.rglob("run.json")]
         assert records and all(r["state"] == "finished" for r in records)
+
+
+def test_readme_core_api_example_runs(tmp_path, monkeypatch):
+    """The README's core-API block as written, on small inputs named as it names them."""
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"^## The core API.*?^```python\n(.*?)^```", text, flags=re.S | re.M).group(1)
+    monkeypatch.chdir(tmp_path)  # its blockwise cache_dir
+    preamble = """
+import jax, numpy as np
+from ntkrepro import kernels
+jax.config.update("jax_enable_x64", True)
+rng = np.random.default_rng(0)
+x1, x2 = rng.normal(size=(5, 10)), rng.normal(size=(4, 10))
+x = x1
+images1, images2 = rng.normal(size=(2, 6, 6, 3)), rng.normal(size=(3, 6, 6, 3))
+f = lambda p, u: model.apply({"params": p}, u)
+f_scalar = lambda p, u: model.apply({"params": p}, u[None])[0, 0]
+train, cross, test = kernels.fc(x1, depth=3), kernels.fc(x2, x1, depth=3), kernels.fc(x2, depth=3)
+theta_tt, theta_st, th_tt, th_st = train.ntk, cross.ntk, train.ntk, cross.ntk
+k_tt, k_st, k_ss = train.nngp, cross.nngp, test.nngp
+y, f0_train, f0_test, ts = np.ones((5, 1)), np.zeros((5, 1)), np.zeros((4, 1)), np.array([0.0, 1.0, 10.0])
+x0 = x1[0]
+"""
+    scope: dict = {}
+    exec(compile(preamble + block, "README core API", "exec"), scope)
+    assert np.shape(scope["theta"]) == (2, 3) and np.shape(scope["big"]) == (5, 5)
+    assert np.shape(scope["mean"])[-2:] == (4, 1) and np.isfinite(scope["norm"])
