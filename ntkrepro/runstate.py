@@ -119,6 +119,7 @@ class RunFolder:
         again in its own folder) is taken over, keeping its checkpoints; one taker wins."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.record = {"state": "running", "host": socket.gethostname(), "pid": os.getpid(),
+                       "slurm_job": os.environ.get("SLURM_JOB_ID"),
                        "started": now_iso(), "ended": None, "wall_time_s": None, **fields}
         tmp = self._write_tmp()
         try:
@@ -176,12 +177,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _slurm_job_gone(job: str) -> bool:
+    """Whether Slurm no longer lists job `job` (finished, killed, its node lost); False when it
+    cannot tell (no `squeue` here, or it failed)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("squeue"):
+        return False
+    try:
+        res = subprocess.run(["squeue", "-h", "-j", str(job), "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    listed = res.returncode == 0 and res.stdout.strip()
+    return not listed and (res.returncode == 0 or "Invalid job id" in res.stderr)
+
+
 def state(record: dict) -> str:
-    """The recorded state, or `stale` for a run marked running whose process is gone from this host."""
-    if (record.get("state") == "running" and record.get("host") == socket.gethostname()
-            and not _alive(int(record.get("pid", 0)))):
+    """The recorded state, or `stale` for a run marked running whose process is gone: from this host
+    (its pid), or a Slurm job that `squeue` no longer lists (a job of another node: SIGKILLed, out of
+    memory, its node lost)."""
+    if record.get("state") != "running":
+        return record.get("state", "unknown")
+    if record.get("host") == socket.gethostname():
+        return "running" if _alive(int(record.get("pid", 0))) else "stale"
+    if record.get("slurm_job") and _slurm_job_gone(record["slurm_job"]):
         return "stale"
-    return record.get("state", "unknown")
+    return "running"
 
 
 def read(run_dir: Path) -> dict | None:

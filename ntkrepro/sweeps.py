@@ -100,8 +100,9 @@ def prepare(overrides: list[str], multirun: bool) -> list[str]:
     busy = [k for k in wanted if k in running and k not in done]
     for k in busy:
         r = running[k]
-        print(f"shard={k} is still running (host {r.get('host')}, pid {r.get('pid')}, since {r.get('started')}): "
-              f"left out; if that process is gone (a crashed node), delete "
+        job = f", Slurm job {r['slurm_job']}" if r.get("slurm_job") else ""
+        print(f"shard={k} is still running (host {r.get('host')}, pid {r.get('pid')}{job}, since {r.get('started')}): "
+              f"left out; if that process is gone though Slurm cannot tell, delete "
               f"{runstate.shown(sweep / f'shard={k}' / runstate.RUN_FILE)} and run this command again", flush=True)
     todo = [k for k in wanted if k not in done and k not in busy]
     if not todo:

@@ -160,6 +160,25 @@ def test_a_killed_run_reads_as_stale(tmp_path, slow_run):
     assert row.split()[:3] == ["lee-s9", "smoke", "stale"] and str(folder) in row
 
 
+def test_a_slurm_job_that_squeue_no_longer_lists_reads_as_stale(tmp_path, monkeypatch):
+    # a part killed on a compute node (out of memory, node lost) never marks itself: the login node's
+    # squeue tells, so resubmitting the split run computes it again instead of skipping it forever
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    record = {"state": "running", "host": "node-17", "pid": 4242, "slurm_job": "123456"}
+    for listed, expected in (("RUNNING", "running"), ("", "stale")):
+        squeue.write_text(f"#!/bin/sh\necho '{listed}'\n")
+        squeue.chmod(0o755)
+        assert runstate.state(record) == expected
+    squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    assert runstate.state(record) == "stale"
+    squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n")
+    assert runstate.state(record) == "running"  # cannot tell: not stale
+    assert runstate.state({**record, "slurm_job": None}) == "running"
+
+
 def test_a_folder_is_claimed_once(tmp_path):
     first = runstate.RunFolder(tmp_path / "run")
     first.claim(figure="x")
