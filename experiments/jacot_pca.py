@@ -22,6 +22,7 @@ for tests/test_mutations.py only.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -213,7 +214,19 @@ def claims(metrics: pd.DataFrame, cfg) -> list[C.Claim]:
 # plot
 
 
+def eigenvalue_table(metrics: pd.DataFrame, cfg) -> str:
+    """The top eigenvalues of Pi = Theta / N, ours beside the analytic limit's and the paper's (Sec. 6.3)."""
+    cols = ((f"ours (n = {int(cfg.pca_width)}, N = {len(C.select(metrics, 'pc'))})", "network"),
+            ("analytic limit", "analytic"), ("paper (n = 10000)", "paper"))
+    vals = [eigenvalues(metrics, src) for _, src in cols]
+    rows = [f"| lambda_{i + 1} | " + " | ".join(f"{v[i]:.4g}" if i < len(v) else "" for v in vals) + " |"
+            for i in range(max(map(len, vals)))]
+    return "\n".join([f"# {cfg.title}: eigenvalues ({cfg.scale} scale)", "",
+                      "| | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|", *rows]) + "\n"
+
+
 def plot(metrics: pd.DataFrame, out_dir, cfg) -> None:
+    (Path(out_dir) / f"{cfg.id}.md").write_text(eigenvalue_table(metrics, cfg))
     fig, axes = plotting.subplots(1, 3, width=3.6, height=3.3)
     ax, pc = axes[0][0], C.select(metrics, "pc")
     sc = ax.scatter(pc.pc2, pc.pc3, c=pc.digit, cmap="tab10", vmin=-0.5, vmax=9.5, s=6)

@@ -75,7 +75,7 @@ def _check(key, parts) -> list[tuple[Path, dict]]:
 
 def merge(parts: list[tuple[Path, dict]]) -> pd.DataFrame:
     """The parts' metrics, concatenated in shard order."""
-    return pd.concat([pd.read_csv(p / "metrics.csv") for p, _ in parts], ignore_index=True)
+    return pd.concat([pd.read_csv(p / "metrics.csv", low_memory=False) for p, _ in parts], ignore_index=True)
 
 
 def collect_one(key, parts) -> Path:

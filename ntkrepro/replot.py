@@ -29,7 +29,10 @@ def replot(run_dir: Path) -> list[claims_mod.Claim]:
                             f"metrics alone are not the figure's; merge the parts first: python -m "
                             f"ntkrepro.collect {run_dir.parent}")
     cfg = OmegaConf.load(settings)
-    return finish(load_experiment(cfg.experiment), pd.read_csv(metrics), cfg, run_dir)
+    result = finish(load_experiment(cfg.experiment), pd.read_csv(metrics, low_memory=False), cfg, run_dir)
+    if record:  # the claim counts `runs`, `make figures` and `verify` show follow the new claims.json
+        runstate.RunFolder(run_dir).amend(claims=claims_mod.counts(result))
+    return result
 
 
 @one_line_errors

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -86,9 +87,9 @@ def _figure_section(fid: str, runs: dict, dest: Path, verify: dict) -> list[str]
             rows.append([c["status"], c.get("kind", "paper"), value, c["expected"], c["claim"], c["measure"],
                          c.get("cite", "") or c.get("reason", "")])
         lines += _md_table(rows) + [""]
-        for table in sorted(path.glob("*.md")):
-            lines += [f"**{table.name}** (written by the run; published numbers beside ours)", "",
-                      table.read_text().strip(), ""]
+        for table in sorted(path.glob("*.md")):  # its headings below this section's
+            text = "\n".join("###" + ln if ln.startswith("#") else ln for ln in table.read_text().strip().splitlines())
+            lines += [f"**{table.name}** (written by the run; published numbers beside ours)", "", text, ""]
         data = [f"{d.get('name')}: {str(d.get('sha256', ''))[:16]}" for d in man.get("data", [])]
         if data:
             lines += ["data (sha256): " + "; ".join(data), ""]
@@ -99,12 +100,18 @@ def _figure_section(fid: str, runs: dict, dest: Path, verify: dict) -> list[str]
     return lines
 
 
+def _unfinished(out_root: Path) -> dict[tuple[str, str], str]:
+    """(figure, scale) -> the state of its newest run (for those with no finished run: e.g. interrupted)."""
+    return {(r.get("figure"), r.get("scale")): r["state"] for _, r in runstate.find(out_root) if not r.get("part")}
+
+
 def markdown(out_root: Path, dest: Path) -> str:
-    runs, verify = latest_runs(out_root), _verify_rows(out_root)
+    runs, verify, states = latest_runs(out_root), _verify_rows(out_root), _unfinished(out_root)
     ids = figure_ids()
     summary = [["figure", *[f"{s}: paper claims" for s in SCALES], *[f"{s}: checks" for s in SCALES]]]
     for fid in ids:
-        cells = [_count(_claims(runs[(fid, s)][0]), "paper") if (fid, s) in runs else "not run" for s in SCALES]
+        cells = [_count(_claims(runs[(fid, s)][0]), "paper") if (fid, s) in runs
+                 else f"no finished run ({states[(fid, s)]})" if (fid, s) in states else "not run" for s in SCALES]
         checks = [_count(_claims(runs[(fid, s)][0]), "check") if (fid, s) in runs else "" for s in SCALES]
         summary.append([fid, *cells, *checks])
     lines = ["# ntkrepro reproduction report", "",
@@ -123,7 +130,7 @@ def to_html(md: str) -> str:
 
     def flush():
         if table:
-            head, *rest = [r for r in table if not set(r.replace("|", "").strip()) <= set("- ")]
+            head, *rest = [r for r in table if not set(r.replace("|", "").strip()) <= set("-: ")]
             cells = lambda r: [html.escape(c.strip()) for c in r.strip().strip("|").split("|")]  # noqa: E731
             body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cells(head)) + "</tr>"
                         + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in cells(r)) + "</tr>" for r in rest)
@@ -142,7 +149,8 @@ def to_html(md: str) -> str:
             alt, src = line[2:].split("](", 1)
             body.append(f'<p><img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt)}" width="900"></p>')
         elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
+            text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(line))
+            body.append("<p>" + re.sub(r"`([^`]+)`", r"<code>\1</code>", text) + "</p>")
     flush()
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
              "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;vertical-align:top}")

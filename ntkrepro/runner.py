@@ -57,7 +57,8 @@ def effective_settings(cfg: DictConfig, task_overrides=()) -> DictConfig:
         data["source"] = "sample"  # smoke runs use the real samples shipped in the package: offline
     run_cfg = OmegaConf.merge(merged, {
         "id": fig.id, "title": fig.get("title", fig.id), "experiment": fig.experiment,
-        "scale": scale, "seed": cfg.seed, "data": data, "mutation": cfg.get("mutation"),
+        "scale": scale, "seed": cfg.seed, "x64": bool(cfg.get("x64", False)), "data": data,
+        "mutation": cfg.get("mutation"),
     })
     return run_cfg
 
@@ -190,8 +191,10 @@ def _compute(cfg: DictConfig, folder: runstate.RunFolder, task_overrides):
 
 def _adopt_checkpoints(out_root: Path, run_cfg, folder: runstate.RunFolder, fingerprint: str) -> None:
     """Resume: move the checkpoints of the newest interrupted (or stale) run of the same figure, scale,
-    settings and code into this run's folder, and mark that folder as resumed here."""
-    for path, record in reversed(runstate.find(out_root / run_cfg.id / run_cfg.scale)):
+    settings and code that has any (a run of its own or a sweep job, `<out_root>/multirun/...`) into
+    this run's folder, and mark that folder as resumed here."""
+    runs = [*runstate.find(out_root / run_cfg.id / run_cfg.scale), *runstate.find(out_root / "multirun")]
+    for path, record in sorted(runs, key=lambda r: str(r[1].get("started", "")), reverse=True):
         same = f"{record.get('settings_hash')}@{record.get('code_version')}" == fingerprint
         if path == folder.path or not same or record["state"] not in ("interrupted", "stale"):
             continue
@@ -200,7 +203,17 @@ def _adopt_checkpoints(out_root: Path, run_cfg, folder: runstate.RunFolder, fing
             runstate.RunFolder(path).amend(resumed_by=str(folder.path))
             folder.update(resumed_from=str(path))
             log.info("resuming from the checkpoints of %s", path)
+            return
+
+
+def _return_checkpoints(folder: runstate.RunFolder) -> None:
+    """Undo `_adopt_checkpoints` for a run that stops on bad input before it is removed: the
+    checkpoints go back to the run they came from, which can be resumed again."""
+    source = Path(str(folder.record.get("resumed_from") or ""))
+    if not (source / runstate.RUN_FILE).is_file() or source == folder.path or not (folder.path / "checkpoints").is_dir() or (source / "checkpoints").exists():
         return
+    os.rename(folder.path / "checkpoints", source / "checkpoints")
+    runstate.RunFolder(source).amend(resumed_by=None)
 
 
 def _save(run_cfg, module, metrics, folder: runstate.RunFolder, points=None) -> list[claims_mod.Claim]:
@@ -233,6 +246,7 @@ def run_figure(cfg: DictConfig, out_dir: Path, task_overrides=()) -> list[claims
         run_cfg, module, metrics, points = _compute(cfg, folder, task_overrides)
     except NtkreproError:
         if folder.record.get("attempt", 1) == 1:
+            _return_checkpoints(folder)
             _discard(out_dir, cfg.out_root)
         raise
     except BaseException as err:

@@ -58,14 +58,20 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m ntkrepro.runs", description=__doc__.split("\n")[0])
     parser.add_argument("--figure", type=figure_id, help="only this figure id")
     parser.add_argument("--scale", choices=SCALES, help="only this scale")
-    parser.add_argument("--out-root", default=runstate.out_root_of([]), type=Path,
+    parser.add_argument("--out-root", default=None, type=Path,
                         help="where the runs are (default: conf/config.yaml's out_root)")
     parser.add_argument("--timings", action="store_true",
                         help="rewrite conf/timings.yaml from the latest finished runs")
     args = parser.parse_args(argv)
+    if args.out_root is not None and not args.out_root.is_dir():
+        parser.error(f"--out-root {args.out_root} is not a folder; give the out_root the runs were written to")
+    args.out_root = args.out_root or runstate.out_root_of([])
+    if args.out_root.is_symlink():  # e.g. <out_root>/<id>/<scale>/latest: the run it points at
+        args.out_root = args.out_root.resolve()
     if args.timings:
-        timings.update(args.out_root)
-        print(f"wrote {timings.TIMINGS_FILE}")
+        measured = timings.update(args.out_root, figure=args.figure, scale=args.scale)
+        print(f"{timings.TIMINGS_FILE}: {', '.join(measured)} updated" if measured else
+              f"no finished run at its preset under {args.out_root}; {timings.TIMINGS_FILE} left as it is")
         return 0
     print(listing(args.out_root, args.figure, args.scale))
     return 0

@@ -190,6 +190,7 @@ OTHER_COMMANDS = [
     (lambda o, f: ["verify", "SEEDS=1", "FIGURES=lee-s10", f"ARGS=out_root={o} seed=5"],
      "seed=5 among the settings: this command sets seed for each run; use SEEDS="),
     (lambda o, f: ["report", f"ARGS=--out-root={o}"], "is not a folder; give the out_root the runs were written to"),
+    (lambda o, f: ["runs", f"ARGS=--out-root={o}"], "is not a folder; give the out_root the runs were written to"),
 ]
 
 

@@ -128,3 +128,4 @@ def test_smoke_run_writes_a_complete_result(tmp_path, fid):
     assert rep.returncode == 0, rep.stderr[-3000:]
     check_png(run / f"{fid}.png")
     assert json.loads((run / "claims.json").read_text()) == claims
+    assert run_record(run)["claims"] == record["claims"]  # run.json's counts follow claims.json

@@ -32,6 +32,9 @@ def test_make_report_from_two_tiny_runs_is_html_whose_images_exist(tmp_path):
     for fid in ("lee-s10", "liu-2"):
         res = cli(f"figure={fid}", "scale=smoke", out_root=tmp_path)
         assert res.returncode == 0, res.stderr[-3000:]
+    stopped = tmp_path / "jacot-1" / "smoke" / "stopped"
+    stopped.mkdir(parents=True)
+    (stopped / "run.json").write_text('{"state": "interrupted", "figure": "jacot-1", "scale": "smoke"}')
     res = make("report", f"ARGS=--out-root {tmp_path}")
     assert res.returncode == 0, res.stdout + res.stderr
     index, md = tmp_path / "report" / "index.html", tmp_path / "report" / "REPORT.md"
@@ -43,7 +46,8 @@ def test_make_report_from_two_tiny_runs_is_html_whose_images_exist(tmp_path):
     assert len(page.images) == 2 and all((index.parent / src).is_file() for src in page.images), page.images
     assert {"lee-s10 at smoke scale", "liu-2 at smoke scale"} <= set(page.headings)
     summary = md.read_text().split("\n## ")[0]
-    assert "| lee-s10 |" in summary and "| jacot-1 | not run" in summary
+    assert "| lee-s10 |" in summary and "| jacot-2 | not run" in summary
+    assert "| jacot-1 | no finished run (interrupted) | not run |" in summary
 
 
 def test_make_verify_tabulates_each_seed_and_skips_what_already_ran(tmp_path):
@@ -57,3 +61,14 @@ def test_make_verify_tabulates_each_seed_and_skips_what_already_ran(tmp_path):
     again = make(*args)
     assert again.returncode == 0 and again.stdout.count("already ran at code version") == 2, again.stdout
     assert len(list((tmp_path / "verify" / "runs" / "lee-s10" / "smoke").glob("2*"))) == 2
+
+
+def test_report_html_renders_the_tables_runs_write():
+    # a run's table (Table S1 is right-aligned: |---:|) stays a table; its title sits below the figure's
+    # heading; bold and code render
+    from ntkrepro.report import to_html
+
+    page = to_html("## lee-4\n\n#### Table S1\n\n| group | size |\n|:---|---:|\n| conv1 | 32 |\n\n"
+                   "**lee-4.md** (written by the run) `x`\n")
+    assert "<td>---:</td>" not in page and "<td>conv1</td><td>32</td>" in page
+    assert "<h1>" not in page and "<b>lee-4.md</b>" in page and "<code>x</code>" in page

@@ -221,6 +221,53 @@ def test_bad_input_removes_the_folder_and_a_signal_marks_it(tmp_path, fake_exper
     assert runstate.read(tmp_path / "stopped")["signal"] == "SIGTERM"
 
 
+def _interrupted_with_checkpoints(folder, cfg, started, checkpoints=True):
+    """A run folder as an interrupted run of `cfg`'s settings and code leaves it."""
+    from ntkrepro import manifest, split
+
+    run_cfg = runner.effective_settings(cfg)
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({
+        "state": "interrupted", "host": socket.gethostname(), "pid": 1, "started": started,
+        "settings_hash": split.settings_hash(run_cfg), "code_version": manifest.code_version()}))
+    if checkpoints:
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "step_100").write_text("saved state\n")
+    return folder
+
+
+def test_checkpoints_are_adopted_from_sweep_jobs_and_given_back_on_bad_input(tmp_path, fake_experiment):
+    # an interrupted sweep job's checkpoints (<out_root>/multirun/...) are found, past a newer interrupted
+    # run that saved none; a run that then stops on bad input (its data gone) gives them back
+    cfg = fake_experiment("DataError('data root gone')")
+    older = _interrupted_with_checkpoints(tmp_path / "multirun" / "s1" / "lee-s10" / "smoke" / "0_seed=0", cfg,
+                                          "2026-01-01T00:00:01")
+    _interrupted_with_checkpoints(tmp_path / "lee-s10" / "smoke" / "newer", cfg, "2026-01-01T00:00:02",
+                                  checkpoints=False)
+    with pytest.raises(DataError):
+        runner.run_figure(cfg, tmp_path / "lee-s10" / "smoke" / "run")
+    assert not (tmp_path / "lee-s10" / "smoke" / "run").exists()
+    assert (older / "checkpoints" / "step_100").is_file() and runstate.read(older).get("resumed_by") is None
+    crash = fake_experiment("ZeroDivisionError('boom')")  # a crash keeps what it adopted
+    job = _interrupted_with_checkpoints(tmp_path / "multirun" / "s2" / "lee-s10" / "smoke" / "0", crash,
+                                        "2026-01-01T00:00:03")
+    with pytest.raises(ZeroDivisionError):
+        runner.run_figure(crash, tmp_path / "lee-s10" / "smoke" / "run2")
+    assert (tmp_path / "lee-s10" / "smoke" / "run2" / "checkpoints" / "step_100").is_file()
+    assert runstate.read(job)["resumed_by"] == str(tmp_path / "lee-s10" / "smoke" / "run2")
+
+
+def test_the_float_precision_is_part_of_a_runs_settings(fake_experiment):
+    # x64=false computes other numbers: its parts must not be collected, nor its checkpoints adopted, with x64=true's
+    from ntkrepro import split
+
+    cfg = fake_experiment("ZeroDivisionError('unused')")
+    on = runner.effective_settings(cfg)
+    cfg.x64 = False
+    off = runner.effective_settings(cfg)
+    assert on.x64 is True and off.x64 is False and split.settings_hash(on) != split.settings_hash(off)
+
+
 def _fake_run(root, name, **record):
     folder = root / record["figure"] / record["scale"] / name
     folder.mkdir(parents=True)
@@ -246,15 +293,33 @@ def test_runs_lists_each_state_and_rewrites_timings(tmp_path):
                     ["lee-s9", "cpu", "finished", "4/4"]]
     assert runs.listing(tmp_path, figure="lee-s9", scale="cpu").count("finished") == 2
 
+    # not the preset's time: one part, a collected run, a resumed run, a changed setting
+    _fake_run(tmp_path, "r7", figure="lee-s9", scale="cpu", state="finished", wall_time_s=5.0, shards=2, shard=1)
+    _fake_run(tmp_path, "r8", figure="lee-s9", scale="cpu", state="finished", wall_time_s=6.0, collected_from=["a"])
+    _fake_run(tmp_path, "r9", figure="lee-s9", scale="cpu", state="finished", wall_time_s=7.0, resumed_from="x")
+    _fake_run(tmp_path, "r9", figure="lee-s10", scale="cpu", state="finished", wall_time_s=8.0,
+              overrides=["figure=lee-s10", "scale=cpu", "out_root=/x", "++figure.cpu.widths=[8]"])
     path = tmp_path / "timings.yaml"
     path.write_text(timings.TIMINGS_FILE.read_text())
-    before = timings.load(path)
-    after = timings.update(tmp_path, path)
-    assert timings.load(path) == after
-    assert after["times"]["lee-s9"]["cpu"] == 90.0  # the latest finished run
+    before, text = timings.load(path), path.read_text()
+    assert timings.update(tmp_path / "lee-s10", path) == [] and path.read_text() == text  # nothing measured
+    assert timings.update(tmp_path, path, figure="lee-s9", scale="smoke") == [] and path.read_text() == text
+    assert timings.update(tmp_path, path) == ["lee-s9.cpu"]
+    after = timings.load(path)
+    assert after["times"]["lee-s9"]["cpu"] == 90.0  # the latest finished run at the preset
     assert "lee-s9.cpu" not in after["from_readme"] and "lee-s9.cpu" in before["from_readme"]
-    assert after["times"]["lee-s10"] == before["times"]["lee-s10"]  # no finished run: kept
-    assert "# cpu, paper: copied from README.md" in path.read_text()
+    assert after["times"]["lee-s10"] == before["times"]["lee-s10"]  # no finished run at the preset: kept
+    assert before["note"] in after["note"] and "lee-s9.cpu measured" in after["note"]
+    rows = {ln.split(":")[0].strip(): ln for ln in path.read_text().splitlines() if ln.startswith("  ")}
+    assert rows["jacot-1"] == next(ln for ln in text.splitlines() if ln.startswith("  jacot-1:"))  # comment kept
+    assert "# cpu: measured" in rows["lee-s9"]
+
+
+def test_runs_lists_the_run_a_latest_link_points_at(tmp_path, capsys):
+    folder = _fake_run(tmp_path, "r1", figure="lee-s9", scale="cpu", state="finished", wall_time_s=80.0)
+    runstate.link_latest(tmp_path, "lee-s9", "cpu", folder)
+    assert runs.main(["--out-root", str(tmp_path / "lee-s9" / "cpu" / "latest")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["lee-s9", "cpu", "finished"]
 
 
 def test_timings_file_lists_registered_figures():
