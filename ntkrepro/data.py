@@ -326,7 +326,7 @@ def _select(labels: np.ndarray, n: int, names: list, selection: str, seed: int, 
         members = np.flatnonzero(labels == c)
         if len(members) < q:
             raise DataError(f"stratified selection of {n} examples of {what} needs {q} of class {names[c]!r} "
-                            f"but the source holds {len(members)}; lower n or use selection=first")
+                            f"but the source holds {len(members)}; lower figure.<scale>.task.n_train / n_test or set figure.<scale>.task.selection=first")
         picked.append(members[:q])
     return np.sort(np.concatenate(picked))
 
@@ -391,8 +391,9 @@ def prepare(name: str, *, split: str = "train", n: int | None = None, classes=No
     if count > n_avail or count == 0:
         is_sample = raw_info["source"] == "sample"
         origin = f"sample:{raw_info['path']}" if is_sample else raw_info["source"]
-        hint = ("lower n or set data.root=<dir holding the full data set> or data.source=tfds" if is_sample
-                else "lower n or point data.root at the full data set")
+        fewer = f"lower figure.<scale>.task.n_{split}"
+        hint = (f"{fewer} or set data.root=<dir holding the full data set> or data.source=tfds" if is_sample
+                else f"{fewer} or point data.root at the full data set")
         raise DataError(f"asked for {'all' if n is None else count} {split} examples of {what} but the source "
                         f"{origin} holds {n_avail}; {hint}")
     pos = _select(labels, count, class_names, selection, seed, what)

@@ -112,7 +112,7 @@ def _check_top_level(key: str, value) -> None:
     if key == "out_root" and not (isinstance(value, str) and value.strip()):
         raise ConfigError(f"out_root must be a folder path, got {value!r}")
     if key == "data.source" and value not in SOURCES:
-        raise ConfigError(f"unknown data source {value!r}; choose one of {', '.join(SOURCES)}")
+        raise ConfigError(f"unknown data source {value!r}; set data.source= one of {', '.join(SOURCES)}")
     if key == "data.root" and not (value is None or isinstance(value, str)):
         raise ConfigError(f"data.root must be a folder path or null, got {value!r}")
     if key in ("shards", "checkpoint.every_steps") and not (_is_int(value) and value >= 1):

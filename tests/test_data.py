@@ -438,7 +438,7 @@ def test_unknown_dataset_and_n_message(root):
         data.prepare("cifar10", n=50000, classes=["airplane", "horse"], root=root)
     assert one_line(err) == (f"asked for 50000 train examples of cifar10 [airplane, horse] but the source "
                              f"npz:{root.resolve() / 'cifar10.npz'} holds 5; "
-                             f"lower n or point data.root at the full data set")
+                             f"lower figure.<scale>.task.n_train or point data.root at the full data set")
 
 
 # ------------------------------------------------------------------------------------- synthetic
