@@ -45,7 +45,8 @@ sweeps     -m with comma lists, range(a,b) or choice(...): one job per combinati
            python -m ntkrepro -m figure=lee-s9,lee-s10 scale=smoke seed=0,1
 outputs    <out_root>/<id>/<scale>/<date>_<time>-<token>/ (default out_root=outputs); the newest
            finished run is <out_root>/<id>/<scale>/latest; a sweep writes
-           <out_root>/multirun/<date>_<time>-<token>/<id>/<scale>/<job>_<swept values>/
+           <out_root>/multirun/<date>_<time>-<token>/<id>/<scale>/<job>_<swept values>/; a split run
+           (shards=<n> 'shard=range(<n>)') <out_root>/shards/<id>/<scale>/<hash>/shard=<k>/
 runs       python -m ntkrepro.runs lists the runs and their state (running, finished, failed,
            interrupted, stale); python -m ntkrepro.replot <run folder> redraws a figure
 hydra      --hydra-help, --cfg job|hydra|all, --info, hydra/launcher=... pass through to Hydra

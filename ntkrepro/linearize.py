@@ -56,8 +56,17 @@ def mse_loss(f, y):
     `f` and `y` have shape (N,) or (N, k); the first axis indexes examples, the sum runs over the
     rest.  Gradient: d loss / d f = (f - y) / N.
     """
+    _same_shape("mse_loss", f, y)
     d = (f - y).reshape(f.shape[0], -1)
     return 0.5 * jnp.mean(jnp.sum(d * d, axis=-1))
+
+
+def _same_shape(loss: str, f, y) -> None:
+    """Outputs and targets of one shape: (N, 1) against (N, 10) would broadcast into a wrong loss."""
+    if jnp.shape(f) != jnp.shape(y):
+        raise ValueError(f"{loss}: the model's outputs have shape {jnp.shape(f)}, the targets {jnp.shape(y)}; "
+                         "give the model one output per target column (models.from_config(..., "
+                         "out_dim=task.out_dim))")
 
 
 def xent_loss(f, y):
@@ -65,6 +74,7 @@ def xent_loss(f, y):
 
     `y` holds one-hot (or any probability) rows of shape (N, k).  Gradient: (softmax(f) - y) / N.
     """
+    _same_shape("xent_loss", f, y)
     return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(f, axis=-1), axis=-1))
 
 

@@ -24,6 +24,7 @@ class Type:
     is_list: bool = False
     optional: bool = False
     positive: bool = False        # a positive integer (or list of them) in the paper: stays >= 1
+    length: int | None = None     # a list of fixed length (a claim's interval [lo, hi])
 
     def accepts(self, value) -> bool:
         if value is None:
@@ -31,12 +32,14 @@ class Type:
         if self.kinds == ("any",) and not self.is_list:
             return True
         if self.is_list:
-            return isinstance(value, list) and all(_is(v, self.kinds) for v in value)
+            return (isinstance(value, list) and all(_is(v, self.kinds) for v in value)
+                    and self.length in (None, len(value)))
         return _is(value, self.kinds)
 
     def describe(self) -> str:
         words = [_WORDS[k][self.is_list] for k in self.kinds]
-        text = ("a list of " if self.is_list else "") + " or ".join(words)
+        text = (f"a list of {self.length if self.length else ''} ".replace("  ", " ") if self.is_list else "") \
+            + " or ".join(words)
         return f"null or {text}" if self.optional else text
 
 
@@ -77,10 +80,12 @@ def _positive_int(values) -> bool:
     return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
 
 
-def infer(key: str, value):
-    """The type of `key` from its paper value: a `Type`, or a dict of types for a mapping."""
+def infer(key: str, value, fixed_length: bool = False):
+    """The type of `key` from its paper value: a `Type`, or a dict of types for a mapping.  Lists
+    inside a `claims` mapping (tolerance intervals) keep the length of their paper value."""
     if isinstance(value, dict):
-        tree = {str(k): infer(str(k), v) for k, v in value.items()}
+        fixed = fixed_length or key == "claims"
+        tree = {str(k): infer(str(k), v, fixed) for k, v in value.items()}
         return _siblings_nullable(tree) if tree and all(isinstance(v, dict) for v in tree.values()) else tree
     if value is None:
         return KEY_TYPES.get(key, UNDECLARED)
@@ -89,7 +94,7 @@ def infer(key: str, value):
     kinds = tuple(dict.fromkeys(_kind(v) for v in value)) or ("any",)
     if set(kinds) == {"int", "float"}:
         kinds = ("float",)
-    return Type(kinds, is_list=True, positive=_positive_int(value))
+    return Type(kinds, is_list=True, positive=_positive_int(value), length=len(value) if fixed_length else None)
 
 
 def _siblings_nullable(panels: dict) -> dict:

@@ -53,7 +53,7 @@ import numpy as np
 import optax
 
 from ntkrepro.errors import ConfigError
-from ntkrepro.linearize import mse_loss, xent_loss
+from ntkrepro.linearize import _same_shape, mse_loss, xent_loss
 
 
 def _mse_total(f, y):
@@ -61,6 +61,7 @@ def _mse_total(f, y):
 
 
 def _mse_per_output(f, y):
+    _same_shape("mse_per_output", f, y)
     return 0.5 * jnp.mean((f - y) ** 2)
 
 

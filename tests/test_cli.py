@@ -63,6 +63,8 @@ STRICT = [
     (["figure=jacot-1", "figure.paper.task.n_test=-1"], "figure.paper.task.n_test must be a non-negative integer"),
     (["figure=lee-s5", "figure.paper.panes.fc.lr_fraction=1.5"], "figure.paper.panes.fc.lr_fraction (a fraction"),
     (["figure=lee-s5", "figure.paper.panes.data.lr=-1"], "figure.paper.panes.data.lr (learning rate) must be positive"),
+    (["figure=lee-s10", "figure.paper.claims.width_slope=[0.5]"],
+     "figure.paper.claims.width_slope must be a list of 2 floats, got [0.5]"),
 ]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from ntkrepro import dynamics
 from ntkrepro.models import ModelSpec
-from ntkrepro.train import Trainer, batch_schedule, fit, log_steps, split_models
+from ntkrepro.train import LOSSES, Trainer, batch_schedule, fit, log_steps, split_models
 
 
 def _linear(params, x):
@@ -272,3 +272,11 @@ def test_a_checkpoint_from_other_settings_is_refused(tmp_path, problem):
     with checkpoint.session(tmp_path / "ck", fingerprint="b"):
         with pytest.raises(checkpoint.CheckpointMismatch, match="other settings"):
             fit(Trainer(_linear, lr=0.1), w0, x, y, steps=3)
+
+
+@pytest.mark.parametrize("loss", ["mse", "mse_total", "mse_per_output", "xent"])
+def test_a_loss_refuses_outputs_and_targets_of_different_shapes(loss):
+    # a 1-output model on 10-column targets broadcast into a wrong loss that still fell
+    with pytest.raises(ValueError, match=r"outputs have shape \(4, 1\), the targets \(4, 10\).*out_dim"):
+        LOSSES[loss](jnp.zeros((4, 1)), jnp.zeros((4, 10)))
+
