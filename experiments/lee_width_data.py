@@ -83,8 +83,6 @@ def pane(cfg, name: str):
     if (p.get("lr") is None) == (p.get("lr_fraction") is None):
         raise ConfigError(f"figure.paper.panes.{name}: set exactly one of lr (fixed eta) and lr_fraction "
                           "(eta as a fraction of 2 / lambda_max)")
-    if p.get("lr_fraction") is not None and not 0 < float(p.lr_fraction) < 1:
-        raise ConfigError(f"figure.paper.panes.{name}.lr_fraction must be in (0, 1), got {p.lr_fraction}")
     if name == "wrn" and int(cfg.task.n_test) % min(int(n) for n in p.n_trains):
         raise ConfigError(f"task.n_test={cfg.task.n_test} must be a multiple of |D| (panes.wrn.n_trains): "
                           "test points are evaluated in batches of |D| (batch norm)")

@@ -176,9 +176,10 @@ def _check_launcher(override, searchpath: bool = False) -> None:
             importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
         raise ConfigError(f"hydra/launcher={names[0]} needs the submitit launcher; install the cluster extra: "
                           "pip install -e '.[cluster]'")
+    known = [] if searchpath else launchers()
     for name in names:
-        if name not in launchers() and not searchpath:
-            raise ConfigError(f"unknown launcher hydra/launcher={name}; choose one of: {', '.join(launchers())}")
+        if known and name not in known:
+            raise ConfigError(f"unknown launcher hydra/launcher={name}; choose one of: {', '.join(known)}")
 
 
 def _check_slurm(overrides) -> None:

@@ -24,10 +24,11 @@ from ntkrepro.registry import SCALES, figure_ids
 from ntkrepro.timings import fmt
 
 
-def latest_runs(out_root: Path) -> dict[tuple[str, str], tuple[Path, dict]]:
-    """(figure, scale) -> the newest finished, complete run (not a part of a split run)."""
+def latest_runs(all_runs: list[tuple[Path, dict]]) -> dict[tuple[str, str], tuple[Path, dict]]:
+    """(figure, scale) -> the newest finished, complete run (not a part of a split run) of
+    `runstate.find`'s runs."""
     found = {}
-    for path, record in runstate.find(out_root):
+    for path, record in all_runs:
         if record["state"] == "finished" and not record.get("part") and (path / "claims.json").is_file():
             found[(record.get("figure"), record.get("scale"))] = (path, record)  # find() is oldest first
     return found
@@ -100,13 +101,11 @@ def _figure_section(fid: str, runs: dict, dest: Path, verify: dict) -> list[str]
     return lines
 
 
-def _unfinished(out_root: Path) -> dict[tuple[str, str], str]:
-    """(figure, scale) -> the state of its newest run (for those with no finished run: e.g. interrupted)."""
-    return {(r.get("figure"), r.get("scale")): r["state"] for _, r in runstate.find(out_root) if not r.get("part")}
-
-
 def markdown(out_root: Path, dest: Path) -> str:
-    runs, verify, states = latest_runs(out_root), _verify_rows(out_root), _unfinished(out_root)
+    all_runs = runstate.find(out_root)
+    runs, verify = latest_runs(all_runs), _verify_rows(out_root)
+    # the state of each figure and scale's newest run, said where none finished (e.g. interrupted)
+    states = {(r.get("figure"), r.get("scale")): r["state"] for _, r in all_runs if not r.get("part")}
     ids = figure_ids()
     summary = [["figure", *[f"{s}: paper claims" for s in SCALES], *[f"{s}: checks" for s in SCALES]]]
     for fid in ids:
@@ -176,9 +175,7 @@ def main(argv=None) -> int:
     out_root = args.out_root or runstate.out_root_of([])
     dest = args.dest or out_root / "report"
     runstate.check_can_hold_folders(*((dest, "--dest") if args.dest else (out_root, "--out-root")))
-    if args.out_root is not None and not args.out_root.is_dir():
-        parser.error(f"--out-root {args.out_root} is not a folder; give the out_root the runs were written to")
-    path = build(out_root, dest)
+    path = build(runstate.runs_root(args.out_root), dest)
     print(f"wrote {runstate.shown(path)} and {runstate.shown(path.with_name('REPORT.md'))}")
     return 0
 

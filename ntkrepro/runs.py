@@ -63,9 +63,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timings", action="store_true",
                         help="rewrite conf/timings.yaml from the latest finished runs")
     args = parser.parse_args(argv)
-    if args.out_root is not None and not args.out_root.is_dir():
-        parser.error(f"--out-root {args.out_root} is not a folder; give the out_root the runs were written to")
-    args.out_root = args.out_root or runstate.out_root_of([])
+    args.out_root = runstate.runs_root(args.out_root)
     if args.out_root.is_symlink():  # e.g. <out_root>/<id>/<scale>/latest: the run it points at
         args.out_root = args.out_root.resolve()
     if args.timings:

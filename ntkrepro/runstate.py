@@ -250,6 +250,14 @@ def out_root_of(overrides) -> Path:
     return Path(OmegaConf.load(CONF_DIR / "config.yaml").out_root)
 
 
+def runs_root(given: Path | None) -> Path:
+    """The out_root a command reads runs from: `given` (`--out-root`; `ConfigError` unless it is a
+    folder) or conf/config.yaml's."""
+    if given is not None and not Path(given).is_dir():
+        raise ConfigError(f"--out-root {given} is not a folder; give the out_root the runs were written to")
+    return Path(given) if given is not None else out_root_of([])
+
+
 def check_can_hold_folders(root, setting: str = "out_root") -> None:
     """`ConfigError` unless folders can be made at `root`: its deepest existing ancestor must be a
     folder in which one can be made (tried with a temporary folder, removed at once; nothing else

@@ -54,15 +54,6 @@ def _default(key: str):
     return OmegaConf.select(OmegaConf.load(CONF_DIR / "config.yaml"), key)
 
 
-def finished_shards(sweep: Path) -> set[int]:
-    return {int(r["shard"]) for _, r in runstate.find(sweep) if r.get("shards") and r["state"] == "finished"}
-
-
-def running_shards(sweep: Path) -> dict[int, dict]:
-    """The parts marked running whose process is alive (or on another host, where it cannot be told)."""
-    return {int(r["shard"]): r for _, r in runstate.find(sweep) if r.get("shards") and r["state"] == "running"}
-
-
 def _check_points(parsed, n: int) -> None:
     """`ConfigError` (before anything is launched or written) when the figure cannot be split into
     `n` parts: its experiment module has no sweep points, or fewer than `n` at these settings."""
@@ -96,7 +87,9 @@ def prepare(overrides: list[str], multirun: bool) -> list[str]:
     if bad:
         raise ConfigError(f"shard must be in [0, {n}) (one of 0..{n - 1}), got {bad[0]}")
     _check_points(parsed, n)
-    done, running = finished_shards(sweep), running_shards(sweep)
+    found = runstate.find(sweep)  # running: alive, or on a node whose Slurm job is still listed
+    done = {int(r["shard"]) for _, r in found if r.get("shards") and r["state"] == "finished"}
+    running = {int(r["shard"]): r for _, r in found if r.get("shards") and r["state"] == "running"}
     busy = [k for k in wanted if k in running and k not in done]
     for k in busy:
         r = running[k]
